@@ -1,0 +1,33 @@
+"""Connecting to Ray: join the cluster named by config or RAY_ADDRESS, else start a local one."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from raylane.config import PipelineConfig
+
+
+def connect(cfg: PipelineConfig) -> bool:
+    """Initialises Ray if needed; returns True when the job runs on an existing cluster."""
+    import ray
+
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return bool(address)
+    if address:
+        ray.init(address=address, logging_level="warning", log_to_driver=True)
+        return True
+    # address="local": never join a stray `ray start` cluster on this machine by accident.
+    ray.init(address="local", num_cpus=local_cpus(cfg), include_dashboard=False,
+             logging_level="warning")
+    return False
+
+
+def local_cpus(cfg: PipelineConfig) -> int:
+    """Returns the logical CPUs a local Ray needs: every concurrent trial's workers, plus room
+    for Ray Data and the Serve replicas. Logical CPUs may exceed the physical cores."""
+    if cfg.cluster.num_cpus:
+        return cfg.cluster.num_cpus
+    trials = cfg.train.num_workers * cfg.train.cpus_per_worker * cfg.tune.max_concurrent_trials
+    return max(8, math.ceil(trials) + 2 + cfg.serve.num_replicas)

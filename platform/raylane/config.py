@@ -1,0 +1,277 @@
+"""PipelineConfig: the one typed description of a run, built from a YAML recipe plus overrides.
+
+    cfg = load_config("pipelines/configs/digits_torch.yaml", ["train.epochs=5"])
+
+Every field has a type, a default and a one-line docstring; a bad value fails here, before Ray
+starts, with a message that names the dotted field, the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raylane.errors import ConfigError
+
+SKLEARN_SOURCES = ("digits", "wine", "breast_cancer")
+SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ClusterConfig(_Section):
+    address: str | None = None
+    """Ray cluster to join ('auto', 'ray://host:10001', ...). Unset: RAY_ADDRESS, else a new local Ray."""
+    num_cpus: int | None = Field(default=None, ge=1)
+    """Logical CPUs of a new local Ray. Unset: enough for the trials, their workers and Ray Data."""
+
+
+class DataConfig(_Section):
+    source: str = "sklearn:digits"
+    """'sklearn:digits', 'sklearn:wine', 'sklearn:breast_cancer', or a parquet/csv path, glob or URI."""
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    """File format of a path source; 'auto' guesses from the extension."""
+    label_column: str = "target"
+    """Column holding the class label (integers 0..k-1 or strings)."""
+    feature_columns: list[str] | None = None
+    """Numeric feature columns, in model input order. Unset: every column but the label."""
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    """Share of rows held out for validation (what Tune optimises)."""
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    """Share of rows held out for the final test metric (what the champion gate compares)."""
+    seed: int = 0
+    """Seed of the deterministic train/val/test split."""
+    num_shards: int = Field(default=4, ge=1)
+    """Parquet files written for an sklearn source, so the demo reads sharded data."""
+
+
+class TrainConfig(_Section):
+    backend: Literal["torch"] = "torch"
+    """Training framework of the workers."""
+    num_workers: int = Field(default=2, ge=1)
+    """Ray Train workers per trial (DDP data-parallel)."""
+    use_gpu: bool = False
+    """Give each worker a GPU (NCCL) instead of CPU only (gloo)."""
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """Logical CPUs each worker reserves."""
+    epochs: int = Field(default=12, ge=1)
+    """Epochs per trial (the most; ASHA may stop a trial earlier)."""
+    batch_size: int = Field(default=64, ge=1)
+    """Rows per batch on each worker."""
+    lr: float = Field(default=3e-3, gt=0)
+    """Adam learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Adam weight decay."""
+    hidden_size: int = Field(default=128, ge=1)
+    """Width of each hidden layer of the MLP."""
+    num_layers: int = Field(default=2, ge=0)
+    """Number of hidden layers of the MLP."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout after each hidden layer."""
+    seed: int = 0
+    """Seed of model initialisation and shuffling."""
+    max_failures: int = Field(default=2, ge=0)
+    """Worker-group restarts allowed per trial before it fails (FailureConfig.max_failures)."""
+    checkpoints_to_keep: int = Field(default=2, ge=1)
+    """Checkpoints kept per trial, the best by the tune metric (CheckpointConfig.num_to_keep)."""
+
+
+HYPERPARAMETERS = ("lr", "weight_decay", "hidden_size", "num_layers", "dropout", "batch_size")
+
+
+class SearchDim(_Section):
+    """One search-space dimension: exactly one of the four keys."""
+
+    loguniform: tuple[float, float] | None = None
+    """Log-uniform float in [low, high]."""
+    uniform: tuple[float, float] | None = None
+    """Uniform float in [low, high]."""
+    choice: list[Any] | None = None
+    """One of the listed values."""
+    randint: tuple[int, int] | None = None
+    """Integer in [low, high)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDim:
+        given = [k for k in SEARCH_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SEARCH_KINDS)} (got {given or 'none'})")
+        for kind in ("loguniform", "uniform", "randint"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind} needs low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.loguniform[0]}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SEARCH_KINDS if getattr(self, k) is not None)
+
+
+def _default_search_space() -> dict[str, SearchDim]:
+    return {
+        "lr": SearchDim(loguniform=(1e-3, 2e-2)),
+        "hidden_size": SearchDim(choice=[64, 128, 256]),
+    }
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(default=4, ge=1)
+    """Trials to run."""
+    max_concurrent_trials: int = Field(default=2, ge=1)
+    """Trials running at once (each holds train.num_workers workers)."""
+    search_alg: Literal["optuna", "random"] = "optuna"
+    """Search algorithm: Optuna TPE, or random sampling."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """Trial scheduler: ASHA early stopping, or run every trial to the end."""
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    """Validation metric the search optimises (max accuracy, min loss)."""
+    grace_period: int = Field(default=3, ge=1)
+    """ASHA: epochs every trial runs before it may be stopped."""
+    reduction_factor: int = Field(default=2, ge=2)
+    """ASHA: keep 1/reduction_factor of the trials at each rung."""
+    search_space: dict[str, SearchDim] = Field(default_factory=_default_search_space)
+    """Hyperparameters to search, each overriding the train field of the same name."""
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_hyperparameters(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        for name in space:
+            if name not in HYPERPARAMETERS:
+                raise ValueError(
+                    f"{name!r} is not a tunable field; accepted: {', '.join(HYPERPARAMETERS)}"
+                )
+        return space
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.metric == "val_accuracy" else "min"
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = None
+    """MLflow tracking URI. Unset: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    experiment: str = "raylane"
+    """MLflow experiment that holds the pipeline runs."""
+    artifact_location: str | None = None
+    """Artifact root of a new experiment. Unset: 'mlartifacts' next to a sqlite store."""
+
+
+class ModelConfig(_Section):
+    name: str = Field(default="digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Registered model name; also the name in the endpoint URLs."""
+    champion_alias: str = "champion"
+    """Registry alias of the version the endpoint serves."""
+
+
+class ServeConfig(_Section):
+    enabled: bool = True
+    """Deploy the champion on Ray Serve at the end of the pipeline."""
+    host: str = "127.0.0.1"
+    """HTTP host of the Serve proxy."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """HTTP port of the Serve proxy."""
+    num_replicas: int = Field(default=1, ge=1)
+    """Serve replicas of the model deployment."""
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    """Requests a replica accepts at once (Ray's default of 5 makes the router back off)."""
+
+
+class PipelineConfig(_Section):
+    storage_path: str = "raylane_runs"
+    """Checkpoints, Tune state and prepared datasets: a local directory or a pyarrow fs URI."""
+    cluster: ClusterConfig = ClusterConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    model: ModelConfig = ModelConfig()
+    serve: ServeConfig = ServeConfig()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Returns the validated config from a YAML file (optional) and 'dotted.path=value' overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    """Returns the validated config for a plain dict, or raises ConfigError naming the fields."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_describe(e) for e in err.errors())) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected dotted.path=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "config"
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field; accepted: {', '.join(_fields_at(error['loc'][:-1]))}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "").replace(" or ", ", ")
+        return f"{loc}: {value!r} is not one of {expected}"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{loc}: {message}"
+    return f"{loc}: {value!r}: {message[0].lower()}{message[1:]}"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def to_yaml(cfg: PipelineConfig) -> str:
+    """Returns the resolved config as YAML, as logged with each run."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Ray Serve stage: the inference application and its deployment."""

@@ -1,0 +1,57 @@
+"""Deploying the champion on Ray Serve, and serving it in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from raylane.config import ModelConfig, ServeConfig
+from raylane.serving.model import ServeArgs
+from raylane.tracking import champion_version
+
+
+def app_name(model: ModelConfig) -> str:
+    return f"raylane-{model.name}"
+
+
+def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
+    """Deploys (or updates) the Serve application for the model's champion; returns its base URL."""
+    from ray import serve
+
+    from raylane.serving.app import build_app
+
+    champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, and clearly
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+    args = ServeArgs(
+        model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
+        num_replicas=serve_cfg.num_replicas, max_ongoing_requests=serve_cfg.max_ongoing_requests,
+    )
+    # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
+    serve.run(build_app(args), name=app_name(model), route_prefix="/", blocking=False)
+    host = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::") else serve_cfg.host
+    return f"http://{host}:{serve_cfg.port}"
+
+
+def curl_example(url: str, model: ModelConfig, num_features: int) -> str:
+    row = ", ".join(["0"] * num_features)
+    return (f"curl -s -X POST {url}/v1/models/{model.name}:predict "
+            f"-H 'Content-Type: application/json' -d '{{\"instances\": [[{row}]]}}'")
+
+
+def serve_until_interrupted() -> None:
+    """Blocks until Ctrl-C or SIGTERM, then shuts Serve and Ray down cleanly."""
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set():
+            time.sleep(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("[raylane] shutting down Serve and Ray", flush=True)
+        serve.shutdown()
+        ray.shutdown()

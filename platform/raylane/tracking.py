@@ -1,0 +1,306 @@
+"""MLflow: one parent run per pipeline run, one nested run per trial, the model and the registry.
+
+Everything here runs in the driver process (the Tune callback included), so a sqlite store only
+ever has one writer, and training workers never open MLflow runs of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray import tune
+
+from raylane.config import ModelConfig, PipelineConfig, TrackingConfig, to_yaml
+from raylane.data import PreparedData
+from raylane.errors import ModelNotFoundError, RaylaneError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy")
+TEST_METRIC = "test_accuracy"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """Returns the tracking URI to use, with a relative sqlite path made absolute."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Points MLflow at the store and creates the experiment once; returns the experiment id."""
+    import mlflow
+
+    # The machines this runs on often have no route out; MLflow would otherwise try its telemetry.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    uri = resolve_tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)  # creates a sqlite schema once
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(cfg.experiment, artifact_location=_artifact_location(cfg, uri))
+    except Exception as err:
+        raise RaylaneError(f"tracking.tracking_uri {uri!r}: cannot reach the MLflow store: {err}") from err
+
+
+def _artifact_location(cfg: TrackingConfig, uri: str) -> str | None:
+    if cfg.artifact_location:
+        return cfg.artifact_location
+    if uri.startswith("sqlite:///"):  # next to the database, never relative to a worker's cwd
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+@contextlib.contextmanager
+def pipeline_run(cfg: PipelineConfig, run_name: str, experiment_id: str) -> Iterator[Any]:
+    """Yields the active parent MLflow run, with the config, git commit and job id recorded."""
+    import mlflow
+
+    tags = {"raylane.run_name": run_name, **_origin_tags()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params(_flatten(cfg.model_dump(mode="json", exclude={"tune": {"search_space"}})))
+        mlflow.log_text(to_yaml(cfg), "config/pipeline.yaml")
+        yield run
+
+
+def _origin_tags() -> dict[str, str]:
+    tags: dict[str, str] = {}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["ray.job_id"] = ray.get_runtime_context().get_job_id()
+    except Exception:  # a tag is not worth failing a run for
+        pass
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        tags["ray.submission_id"] = os.environ["RAY_JOB_SUBMISSION_ID"]
+    return tags
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def log_dataset(data: PreparedData) -> None:
+    """Records the data source, its content digest and split sizes on the active run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    try:
+        source = resolve_dataset_source(data.source)
+    except Exception:  # an unrecognised URI scheme: record it as plain text
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        source = HTTPDatasetSource(url=data.source)
+    dataset = MetaDataset(source=source, name=Path(data.source.rstrip("/")).name, digest=data.digest)
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_params({f"data.rows.{k}": v for k, v in data.num_rows.items()})
+    mlflow.log_text(data.schema_json(), "data/schema.json")
+
+
+def log_tune_results(table: pd.DataFrame) -> None:
+    """Records the Tune results table (one row per trial) on the active run."""
+    import mlflow
+
+    keep = [c for c in table.columns if c.startswith("config/") or c in (
+        "trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "training_iteration")]
+    mlflow.log_table(table[keep].reset_index(drop=True), "tune/results.json")
+
+
+class TrialRunLogger(tune.Callback):
+    """A Tune callback: one nested MLflow run per trial, one metric point per epoch, never twice."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.run_ids: dict[str, str] = {}
+        self.last_epoch: dict[str, int] = {}
+
+    @property
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.run_ids:
+            return
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.trial_id}",
+            tags={"mlflow.parentRunId": self.parent_run_id, "raylane.trial_id": trial.trial_id},
+        )
+        self.run_ids[trial.trial_id] = run.info.run_id
+        self.last_epoch[trial.trial_id] = -1
+        for key, value in trial.config.items():
+            self.client.log_param(run.info.run_id, key, value)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        run_id, epoch = self.run_ids.get(trial.trial_id), result.get("epoch")
+        if run_id is None or epoch is None or epoch <= self.last_epoch[trial.trial_id]:
+            return  # an epoch redone after a restart is already on record
+        self.last_epoch[trial.trial_id] = epoch
+        stamp = int(result.get("timestamp", 0) * 1000)
+        metrics = [Metric(k, float(result[k]), stamp, int(epoch)) for k in TRIAL_METRICS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FAILED")
+
+    def _finish(self, trial: Any, status: str) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, "raylane.epochs_completed", self.last_epoch[trial.trial_id] + 1)
+            self.client.set_terminated(run_id, status)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged on the parent run, with its test metric."""
+
+    model_uri: str
+    run_id: str
+    test_accuracy: float
+    val_accuracy: float
+    params: dict[str, Any]
+
+
+def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
+                   val_accuracy: float) -> LoggedModel:
+    """Logs the best checkpoint as a pyfunc model on the active run and returns its test accuracy."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    from raylane.mlflow_model import RaylaneClassifier, package_dir, write_preprocess
+
+    raw, labels = _raw_split(data.test, data.feature_columns)
+    example = raw.head(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.feature_columns,
+                                      data.classes, data.scaler.mean, data.scaler.std, "torch")
+        model = RaylaneClassifier()
+        outputs = np.asarray(data.classes)[np.zeros(len(example), dtype=int)]
+        signature = infer_signature(example, outputs, params={"return_probabilities": False})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            artifacts={"checkpoint": checkpoint_dir, "preprocess": preprocess},
+            code_paths=[package_dir()],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(torch.__version__),
+        )
+    loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
+    predictions = loaded.predict(raw)
+    expected = np.asarray(data.classes)[labels]
+    test_accuracy = float(np.mean(predictions == expected))
+    mlflow.log_metrics({TEST_METRIC: test_accuracy, "best_val_accuracy": val_accuracy})
+    return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_accuracy, val_accuracy, params)
+
+
+def _raw_split(split: Any, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    batch = split.take_batch(batch_size=split.count(), batch_format="numpy")
+    return pd.DataFrame(np.stack(batch["raw"]).astype(np.float64), columns=columns), batch["label"]
+
+
+def _pip_requirements(torch_version: str) -> list[str]:
+    import mlflow
+
+    pins = {"mlflow": mlflow.__version__, "torch": torch_version.split("+")[0],
+            "numpy": np.__version__, "pandas": pd.__version__}
+    return [f"{name}=={version}" for name, version in pins.items()]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the champion gate decided for a newly registered version."""
+
+    version: str
+    promoted: bool
+    reason: str
+    previous_version: str | None
+
+
+def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
+    """Registers the model; moves the champion alias to it only if its test metric is higher."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    version = mlflow.register_model(model.model_uri, cfg.name).version
+    client.set_model_version_tag(cfg.name, version, TEST_METRIC, f"{model.test_accuracy:.6f}")
+    client.set_model_version_tag(cfg.name, version, "val_accuracy", f"{model.val_accuracy:.6f}")
+    client.set_model_version_tag(cfg.name, version, "raylane.run_id", model.run_id)
+    client.set_model_version_tag(cfg.name, version, "raylane.params", json.dumps(model.params))
+    current = _champion(client, cfg)
+    if current is None:
+        promoted, reason = True, f"no {cfg.champion_alias} yet; {TEST_METRIC}={model.test_accuracy:.4f}"
+    else:
+        old = float(current.tags.get(TEST_METRIC, "-inf"))
+        promoted = model.test_accuracy > old
+        verb = "beats" if promoted else "does not beat"
+        reason = (f"{TEST_METRIC} {model.test_accuracy:.4f} {verb} {cfg.champion_alias} "
+                  f"v{current.version}'s {old:.4f}")
+    if promoted:
+        client.set_registered_model_alias(cfg.name, cfg.champion_alias, version)
+    decision = "promoted" if promoted else "kept"
+    client.set_model_version_tag(cfg.name, version, "raylane.promotion", f"{decision}: {reason}")
+    mlflow.set_tags({"raylane.model_version": version, "raylane.promotion": f"{decision}: {reason}"})
+    return Promotion(str(version), promoted, reason, current.version if current else None)
+
+
+def _champion(client: Any, cfg: ModelConfig) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(cfg.name, cfg.champion_alias)
+    except MlflowException:
+        return None
+
+
+def champion_version(tracking_uri: str, name: str, alias: str) -> str:
+    """Returns the version the alias points at; ModelNotFoundError naming what is missing."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException as err:
+        raise ModelNotFoundError(
+            f"no version of model {name!r} has the alias {alias!r} in {tracking_uri}; "
+            "run the pipeline first (raylane run) to register one"
+        ) from err

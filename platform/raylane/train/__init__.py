@@ -1,0 +1,1 @@
+"""Ray Train stage: the per-worker loops and the trainer built from the config."""

@@ -1,0 +1,35 @@
+"""The MLP raylane trains, and the spec that rebuilds it from a checkpoint or an MLflow model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network: shapes and architecture hyperparameters."""
+
+    input_dim: int
+    num_classes: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_mlp(spec: ModelSpec) -> Any:
+    """Returns a torch MLP: num_layers x (Linear, ReLU, Dropout), then a Linear to the classes."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = spec.input_dim
+    for _ in range(spec.num_layers):
+        layers += [nn.Linear(width, spec.hidden_size), nn.ReLU()]
+        if spec.dropout > 0:
+            layers.append(nn.Dropout(spec.dropout))
+        width = spec.hidden_size
+    layers.append(nn.Linear(width, spec.num_classes))
+    return nn.Sequential(*layers)

@@ -1,0 +1,109 @@
+"""What one PyTorch worker does: resume, then per epoch train on its shard, evaluate, report.
+
+Runs inside each Ray Train worker (DDP over gloo on CPU, NCCL on GPU). `config` is the dict
+built by `raylane.train.trainer.loop_config`: optimiser settings plus the model spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from raylane.train.model import ModelSpec, build_mlp
+
+STATE_FILE = "state.pt"
+SPEC_FILE = "spec.json"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    torch.manual_seed(config["seed"])
+    spec = ModelSpec(**config["spec"])
+    model = ray.train.torch.prepare_model(build_mlp(spec))  # DDP wrapper, moved to the device
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    loss_fn = nn.CrossEntropyLoss()
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu")
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+
+    train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
+    val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
+    device = ray.train.torch.get_device()
+
+    for epoch in range(start_epoch, config["epochs"]):
+        model.train()
+        total_loss, total_rows = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config["batch_size"], local_shuffle_buffer_size=4 * config["batch_size"],
+            local_shuffle_seed=config["seed"] + epoch, device=device,
+        ):
+            optimizer.zero_grad()
+            loss = loss_fn(model(batch["features"]), batch["label"])
+            loss.backward()  # DDP all-reduces the gradients here
+            optimizer.step()
+            total_loss += loss.item() * len(batch["label"])
+            total_rows += len(batch["label"])
+
+        val_loss, val_accuracy = evaluate(model, val_data, config["batch_size"], device)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(total_rows, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                save_checkpoint(directory, model, optimizer, epoch, spec)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+
+
+def evaluate(model: nn.Module, dataset: Any, batch_size: int, device: Any) -> tuple[float, float]:
+    """Returns (mean loss, accuracy) of `model` over every row of `dataset`."""
+    model.eval()
+    loss_sum, correct, rows = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in dataset.iter_torch_batches(batch_size=max(batch_size, 256), device=device):
+            logits = model(batch["features"])
+            loss_sum += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
+            correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
+            rows += len(batch["label"])
+    return loss_sum / max(rows, 1), correct / max(rows, 1)
+
+
+def save_checkpoint(directory: str, model: nn.Module, optimizer: Any, epoch: int,
+                    spec: ModelSpec) -> None:
+    """Writes model and optimizer state, the epoch, and the model spec into `directory`."""
+    state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    with open(os.path.join(directory, SPEC_FILE), "w") as f:
+        json.dump(spec.to_dict(), f)
+
+
+def load_model(directory: str) -> tuple[nn.Module, ModelSpec, int]:
+    """Returns (model in eval mode, its spec, its epoch) from a checkpoint directory."""
+    with open(os.path.join(directory, SPEC_FILE)) as f:
+        spec = ModelSpec(**json.load(f))
+    state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu")
+    model = build_mlp(spec)
+    model.load_state_dict(state["model"])
+    return model.eval(), spec, state["epoch"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,64 @@
+"""Builds the Ray Train trainer for one trial from the config and the trial's hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raylane.config import PipelineConfig
+from raylane.data import PreparedData
+from raylane.train.model import ModelSpec
+
+
+def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+    """Returns the dict each worker's loop receives: train fields with the trial's values on top."""
+    train = cfg.train.model_copy(update=hyperparams)
+    spec = ModelSpec(
+        input_dim=data.input_dim, num_classes=len(data.classes), hidden_size=train.hidden_size,
+        num_layers=train.num_layers, dropout=train.dropout,
+    )
+    return {
+        "lr": train.lr, "weight_decay": train.weight_decay, "batch_size": train.batch_size,
+        "epochs": train.epochs, "seed": train.seed, "spec": spec.to_dict(),
+    }
+
+
+def build_trainer(
+    cfg: PipelineConfig,
+    hyperparams: dict[str, Any],
+    data: PreparedData,
+    *,
+    name: str,
+    storage_path: str,
+    callbacks: list[Any] = (),
+) -> Any:
+    """Returns a TorchTrainer for one trial: DDP workers, per-epoch checkpoints, bounded retries."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raylane.train.torch_loop import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, hyperparams, data),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        datasets={"train": data.train, "val": data.val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val is evaluated whole
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                checkpoint_score_attribute=cfg.tune.metric,
+                checkpoint_score_order=cfg.tune.mode,
+            ),
+            # Train V2 retries a failing controller forever by default: bound it too.
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=cfg.train.max_failures
+            ),
+            callbacks=list(callbacks),
+        ),
+    )

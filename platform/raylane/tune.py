@@ -1,0 +1,131 @@
+"""Ray Tune stage: the search space from YAML, Optuna/random search, ASHA, one Ray Train run per trial.
+
+Train V2 trainers cannot be handed to `Tuner`; each trial is a function that builds a
+TorchTrainer whose `TuneReportCallback` forwards every epoch's report (and checkpoint path) to Tune.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from ray import tune
+
+from raylane.config import PipelineConfig, SearchDim, TuneConfig
+from raylane.data import PreparedData
+from raylane.errors import TrainingError
+from raylane.train.trainer import build_trainer
+
+# A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
+# that the trainer's workers or Ray Data need (2-core machines deadlock otherwise).
+TRIAL_DRIVER_CPUS = 0.01
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The winning trial: its hyperparameters, best validation metrics and best checkpoint."""
+
+    trial_id: str
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_path: str
+    results_table: Any  # pandas.DataFrame, one row per trial
+
+
+def search_space(cfg: TuneConfig) -> dict[str, Any]:
+    """Returns the Tune param_space for the YAML search space."""
+    return {name: _domain(dim) for name, dim in cfg.search_space.items()}
+
+
+def _domain(dim: SearchDim) -> Any:
+    if dim.loguniform is not None:
+        return tune.loguniform(*dim.loguniform)
+    if dim.uniform is not None:
+        return tune.uniform(*dim.uniform)
+    if dim.randint is not None:
+        return tune.randint(*dim.randint)
+    return tune.choice(dim.choice)
+
+
+def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: PreparedData,
+              storage_path: str) -> None:
+    """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path: str,
+           callbacks: list[Any] = ()) -> BestTrial:
+    """Runs the hyperparameter search and returns the best trial; TrainingError if none finished."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    tc = cfg.tune
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                      grace_period=min(tc.grace_period, cfg.train.epochs),
+                      reduction_factor=tc.reduction_factor)
+        if tc.scheduler == "asha" else FIFOScheduler()
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, cfg=cfg, data=data,
+                             storage_path=posixpath.join(storage_path, run_name, "trials")),
+        {"cpu": TRIAL_DRIVER_CPUS},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(tc),
+        tune_config=tune.TuneConfig(
+            metric=tc.metric, mode=tc.mode, search_alg=_search_alg(cfg), scheduler=scheduler,
+            num_samples=tc.num_samples, max_concurrent_trials=tc.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=posixpath.join(storage_path, run_name),
+            callbacks=list(callbacks), verbose=1,
+        ),
+    )
+    return best_trial(tuner.fit(), tc)
+
+
+def _search_alg(cfg: PipelineConfig) -> Any:
+    if cfg.tune.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=cfg.train.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=cfg.train.seed)
+
+
+def best_trial(results: Any, tc: TuneConfig) -> BestTrial:
+    """Returns the trial with the best epoch over all trials, and that epoch's checkpoint."""
+    rows = []
+    for result in results:
+        if result.metrics_dataframe is None or tc.metric not in result.metrics_dataframe:
+            continue
+        frame = result.metrics_dataframe.dropna(subset=[tc.metric])
+        frame = frame[frame.get("checkpoint_path").notna()] if "checkpoint_path" in frame else frame[:0]
+        if frame.empty:
+            continue
+        best = frame.loc[frame[tc.metric].idxmax() if tc.mode == "max" else frame[tc.metric].idxmin()]
+        rows.append((result, best))
+    if not rows:
+        errors = [str(r.error) for r in results if r.error]
+        raise TrainingError(
+            "no trial reported a checkpoint" + (f"; first error: {errors[0]}" if errors else "")
+        )
+    pick = max if tc.mode == "max" else min
+    result, best = pick(rows, key=lambda pair: pair[1][tc.metric])
+    return BestTrial(
+        trial_id=str(best.get("trial_id", "")),
+        hyperparams=dict(result.config),
+        metrics={k: best[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy") if k in best},
+        checkpoint_path=str(best["checkpoint_path"]),
+        results_table=results.get_dataframe(),
+    )
