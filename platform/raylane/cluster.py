@@ -19,8 +19,10 @@ def connect(cfg: PipelineConfig) -> bool:
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return True
     # address="local": never join a stray `ray start` cluster on this machine by accident.
-    ray.init(address="local", num_cpus=local_cpus(cfg), include_dashboard=False,
-             logging_level="warning")
+    # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
+    # through the State API it serves; without it they linger and later trials wait forever.
+    ray.init(address="local", num_cpus=local_cpus(cfg), include_dashboard=True,
+             dashboard_host="127.0.0.1", logging_level="warning")
     return False
 
 

@@ -100,7 +100,8 @@ def _search_alg(cfg: PipelineConfig) -> Any:
         return OptunaSearch(seed=cfg.train.seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.train.seed)
+    # Tune applies max_concurrent_trials to a generator it builds itself, not to one handed in.
+    return BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=cfg.tune.max_concurrent_trials)
 
 
 def best_trial(results: Any, tc: TuneConfig) -> BestTrial:

@@ -6,8 +6,8 @@
 Every response carries `X-Model-Version`. Bad input gets a 4xx whose JSON names what was expected.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the real body types of the
+# route methods, or it takes the request model for a query parameter.
 import math
 from collections.abc import Callable
 from typing import Annotated, Any

@@ -64,6 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": total_loss / max(total_rows, 1),
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
+            "start_epoch": start_epoch,  # > 0 when this worker group resumed from a checkpoint
         }
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None

@@ -1,0 +1,43 @@
+# raylane developer commands. `make run` and `make test` create or reuse .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= pipelines/configs/digits_torch.yaml
+ARGS   ?=
+
+.PHONY: run serve test test-fast lint bench mlflow-ui clean venv
+
+venv: $(VENV)/.installed
+
+# constraints.txt pins torch to the CPU build these machines carry (and ray/mlflow to the tested
+# versions); pyproject.toml itself only sets ranges, so users can pick their own torch build.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[torch,dev]"
+	touch $@
+
+run: venv  ## the main job on the embedded defaults: local Ray, sqlite MLflow, local storage
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.train_tune_serve --config $(CONFIG) $(ARGS)
+
+serve: venv  ## deploy the current champion without training
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.serve --config $(CONFIG) $(ARGS)
+
+test: venv  ## the whole suite (real Ray, MLflow and Serve on 127.0.0.1)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests $(ARGS)
+
+test-fast: venv  ## unit tests only
+	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks
+
+bench: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.pipeline $(ARGS)
+
+mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1
+
+clean:
+	rm -rf raylane_runs mlflow.db mlartifacts .pytest_cache

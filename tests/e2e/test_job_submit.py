@@ -1,0 +1,80 @@
+"""`ray job submit` against a `ray start --head` cluster on 127.0.0.1: the job trains, registers
+and deploys, exits 0, and the endpoint still answers after the job has ended."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _ray(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A separate Ray cluster started with `ray start --head --block`, stopped by SIGTERM."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    gcs_port, dashboard_port = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", "--num-cpus=8", "--disable-usage-stats",
+         f"--temp-dir={tmp / 'ray'}"],
+        env=env, cwd=ROOT, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{address}/api/version", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, (tmp / "head.log").read_text()
+        time.sleep(1)
+    else:
+        pytest.fail("ray start --head did not come up: " + (tmp / "head.log").read_text()[-2000:])
+    yield {"address": address, "env": env, "tmp": tmp}
+    os.killpg(process.pid, signal.SIGTERM)  # --block stops every process it started
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_submitted_job_deploys_an_endpoint_that_outlives_it(head) -> None:
+    tmp, serve_port = head["tmp"], free_port()
+    job = _ray(
+        "job", "submit", "--address", head["address"], "--working-dir", ".", "--",
+        "python", "-m", "pipelines.train_tune_serve", "--config", "tests/configs/tiny.yaml",
+        "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--run-name", "job",
+        "--set", f"storage_path={tmp / 'storage'}", "--set", f"serve.port={serve_port}",
+        env=head["env"], timeout=900,
+    )
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    assert "the endpoint keeps running on the cluster after this job exits" in job.stdout
+    assert "succeeded" in job.stdout.lower()
+
+    response = httpx.post(f"http://127.0.0.1:{serve_port}/v1/models/digits:predict",
+                          json={"instances": [[0.0] * 64, [8.0] * 64]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 2
+    assert response.headers["X-Model-Version"] == "1"
