@@ -83,6 +83,8 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
     context.enable_progress_bars = False  # raylane prints one line per stage instead
     source, fmt = _resolve_source(cfg, storage_path)
     files = _list_files(source, fmt)
+    if fmt == "auto":
+        fmt = "csv" if all(f.lower().endswith((".csv", ".csv.gz")) for f in files) else "parquet"
     ds = ray.data.read_parquet(files) if fmt == "parquet" else ray.data.read_csv(files)
     features = _validate_schema(ds, cfg, files)
 
@@ -124,11 +126,7 @@ def _resolve_source(cfg: DataConfig, storage_path: str) -> tuple[str, str]:
             accepted = ", ".join(f"sklearn:{n}" for n in SKLEARN_SOURCES)
             raise DataError(f"data.source: {cfg.source!r} is not one of {accepted}, or a file path")
         return _write_sklearn_shards(name, cfg, storage_path), "parquet"
-    fmt = cfg.format
-    if fmt == "auto":
-        stem = cfg.source.rstrip("/*").lower()
-        fmt = "csv" if stem.endswith((".csv", ".csv.gz")) else "parquet"
-    return cfg.source, fmt
+    return cfg.source, cfg.format
 
 
 def _write_sklearn_shards(name: str, cfg: DataConfig, storage_path: str) -> str:
@@ -186,7 +184,8 @@ def _list_files(source: str, fmt: str) -> list[str]:
             and (fmt != "csv" or i.path.endswith((".csv", ".csv.gz")))
         ]
     if not found:
-        raise DataError(f"data.source: no {fmt} files match {source!r}")
+        kind = "data" if fmt == "auto" else fmt
+        raise DataError(f"data.source: no {kind} files match {source!r}")
     return [scheme + p for p in sorted(found)]
 
 
@@ -240,18 +239,19 @@ class _SplitRows:
 
     def __init__(self, features: list[str], label: str, val: float, test: float, seed: int) -> None:
         self.features, self.label, self.val, self.test = features, label, val, test
-        self.hash_key = hashlib.sha256(str(seed).encode()).hexdigest()[:16]
+        self.salt = np.uint64(int(hashlib.sha256(str(seed).encode()).hexdigest()[:16], 16))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         values = frame[self.features].astype("float64")
-        hashes = pd.util.hash_pandas_object(values, index=False, hash_key=self.hash_key)
-        unit = (hashes.to_numpy() % 1_000_003) / 1_000_003
+        hashes = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
+        # pandas ignores hash_key for numbers: mix the seed in with a second hash instead.
+        unit = (pd.util.hash_array(hashes ^ self.salt) % 1_000_003) / 1_000_003
         split = np.where(unit < self.test, 2, np.where(unit < self.test + self.val, 1, 0))
         return pd.DataFrame({
             "features": list(values.to_numpy(dtype=np.float64)),
             "label": frame[self.label].to_numpy(),
             "split": split.astype(np.int8),
-            "row_hash": hashes.to_numpy(dtype=np.uint64),
+            "row_hash": hashes,
         })
 
 

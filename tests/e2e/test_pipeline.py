@@ -47,7 +47,7 @@ def test_best_model_is_registered_as_champion_with_its_test_metric(pipeline) -> 
     version = client.get_model_version_by_alias("digits", "champion")
     assert float(version.tags["test_accuracy"]) > 0.8
     assert version.tags["raylane.promotion"].startswith("promoted: no champion yet")
-    assert pipeline["parent"].data.tags["raylane.model_version"] == version.version
+    assert pipeline["parent"].data.tags["raylane.model_version"] == str(version.version)
 
 
 def test_one_nested_run_per_trial_and_no_duplicate_steps(pipeline) -> None:
@@ -95,7 +95,7 @@ def test_endpoint_answers_the_test_split_above_chance(pipeline) -> None:
     assert len(predictions) == len(rows)
     assert np.mean(np.asarray(predictions) == np.asarray(labels)) > 0.8  # chance is 0.1
     champion = pipeline["client"].get_model_version_by_alias("digits", "champion").version
-    assert response.headers["X-Model-Version"] == champion
+    assert response.headers["X-Model-Version"] == str(champion)
 
 
 def test_endpoint_probabilities_and_named_columns(pipeline) -> None:

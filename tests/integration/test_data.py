@@ -77,7 +77,7 @@ def test_csv_directory_with_string_labels(ray_local, tmp_path) -> None:
 def test_missing_file_is_a_data_error_naming_it(ray_local, tmp_path) -> None:
     with pytest.raises(DataError, match=r"file or directory '.*nowhere.parquet' not found"):
         data.prepare(DataConfig(source=str(tmp_path / "nowhere.parquet")), str(tmp_path))
-    with pytest.raises(DataError, match=r"no parquet files match"):
+    with pytest.raises(DataError, match=r"no data files match"):
         data.prepare(DataConfig(source=str(tmp_path / "*.parquet")), str(tmp_path))
 
 

@@ -97,6 +97,28 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
 
+def _rows_to_matrix(instances: list[Any], columns: list[str]) -> np.ndarray:
+    """Returns the rows as a float matrix in column order; BadInput naming the first bad row."""
+    width = len(columns)
+    matrix = np.empty((len(instances), width), dtype=np.float64)
+    for i, row in enumerate(instances):
+        if isinstance(row, dict):
+            missing = [c for c in columns if c not in row]
+            extra = [c for c in row if c not in columns]
+            if missing or extra:
+                problem = f"missing {missing[:3]}" if missing else f"unknown {extra[:3]}"
+                raise BadInput(400, f"instances[{i}]: {problem}; expected the {width} feature names "
+                                    f"{columns[0]}..{columns[-1]}")
+            row = [row[c] for c in columns]
+        if len(row) != width:
+            raise BadInput(400, f"instances[{i}] has {len(row)} values; the model expects {width} "
+                                f"numbers ({columns[0]}..{columns[-1]})")
+        if not all(math.isfinite(v) for v in row):
+            raise BadInput(400, f"instances[{i}]: values must be finite numbers")
+        matrix[i] = row
+    return matrix
+
+
 @serve.deployment
 @serve.ingress(app)
 class ModelServer:
@@ -146,28 +168,6 @@ class ModelServer:
         if name != self.model.name:
             raise BadInput(404, f"model {name!r} not found; this endpoint serves {self.model.name!r}")
         return self.model
-
-
-def _rows_to_matrix(instances: list[Any], columns: list[str]) -> np.ndarray:
-    """Returns the rows as a float matrix in column order; BadInput naming the first bad row."""
-    width = len(columns)
-    matrix = np.empty((len(instances), width), dtype=np.float64)
-    for i, row in enumerate(instances):
-        if isinstance(row, dict):
-            missing = [c for c in columns if c not in row]
-            extra = [c for c in row if c not in columns]
-            if missing or extra:
-                problem = f"missing {missing[:3]}" if missing else f"unknown {extra[:3]}"
-                raise BadInput(400, f"instances[{i}]: {problem}; expected the {width} feature names "
-                                    f"{columns[0]}..{columns[-1]}")
-            row = [row[c] for c in columns]
-        if len(row) != width:
-            raise BadInput(400, f"instances[{i}] has {len(row)} values; the model expects {width} "
-                                f"numbers ({columns[0]}..{columns[-1]})")
-        if not all(math.isfinite(v) for v in row):
-            raise BadInput(400, f"instances[{i}]: values must be finite numbers")
-        matrix[i] = row
-    return matrix
 
 
 def build_app(args: ServeArgs | dict[str, Any],
