@@ -3,10 +3,13 @@ and deploys, exits 0, and the endpoint still answers after the job has ended."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +32,8 @@ def head(tmp_path_factory):
     """A separate Ray cluster started with `ray start --head --block`, stopped by SIGTERM."""
     tmp = tmp_path_factory.mktemp("cluster")
     gcs_port, dashboard_port = free_port(), free_port()
+    # Ray's unix sockets live under --temp-dir, and AF_UNIX paths are limited to 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
@@ -36,7 +41,7 @@ def head(tmp_path_factory):
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
          "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard_port}", "--num-cpus=8", "--disable-usage-stats",
-         f"--temp-dir={tmp / 'ray'}"],
+         f"--temp-dir={ray_tmp}"],
         env=env, cwd=ROOT, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -44,7 +49,8 @@ def head(tmp_path_factory):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{address}/api/version", timeout=2).status_code == 200:
+            # 401 is an answer too: Ray 2.60 wants its token, which the ray CLI reads itself.
+            if httpx.get(f"{address}/api/version", timeout=2).status_code in (200, 401):
                 break
         except httpx.HTTPError:
             pass
@@ -53,11 +59,24 @@ def head(tmp_path_factory):
     else:
         pytest.fail("ray start --head did not come up: " + (tmp / "head.log").read_text()[-2000:])
     yield {"address": address, "env": env, "tmp": tmp}
-    os.killpg(process.pid, signal.SIGTERM)  # --block stops every process it started
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    _stop_tree(process.pid)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _stop_tree(pid: int) -> None:
+    """Stops this cluster's processes only: `ray stop` would stop every Ray on the machine, and
+    SIGTERM to `ray start --block` leaves the GCS, raylet and agents running."""
+    import psutil
+
+    root = psutil.Process(pid)
+    tree = [root, *root.children(recursive=True)]
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def test_submitted_job_deploys_an_endpoint_that_outlives_it(head) -> None:

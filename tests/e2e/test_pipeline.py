@@ -10,11 +10,11 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from raylane import data, tracking
+from raylane.config import load_config
 
 from pipelines import serve as serve_pipeline
 from pipelines import train_tune_serve
-from raylane import data, tracking
-from raylane.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")

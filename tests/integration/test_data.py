@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from raylane import data
 from raylane.config import DataConfig
 from raylane.errors import DataError

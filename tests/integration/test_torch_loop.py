@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from raylane import data
 from raylane.config import load_config
 from raylane.train.torch_loop import load_model

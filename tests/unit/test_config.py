@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from raylane.config import load_config
 from raylane.errors import ConfigError
 
