@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run serve test test-fast lint bench mlflow-ui clean venv
+.PHONY: run run-tf serve test test-fast lint bench mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -14,11 +14,14 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[torch,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[torch,tf,dev]"
 	touch $@
 
 run: venv  ## the main job on the embedded defaults: local Ray, sqlite MLflow, local storage
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.train_tune_serve --config $(CONFIG) $(ARGS)
+
+run-tf: venv  ## the same pipeline on TensorFlow workers (MultiWorkerMirroredStrategy)
+	$(MAKE) run CONFIG=pipelines/configs/digits_tf.yaml ARGS="$(ARGS)"
 
 serve: venv  ## deploy the current champion without training
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.serve --config $(CONFIG) $(ARGS)
@@ -32,8 +35,8 @@ test-fast: venv  ## unit tests only
 lint: venv
 	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks
 
-bench: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.pipeline $(ARGS)
+bench: venv  ## side-by-side measurements; each prints ratio=...
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.train_tf $(ARGS)
 
 mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \

@@ -24,6 +24,7 @@ from raylane.cli import add_common_arguments, config_from_args, run_main
 from raylane.errors import ConfigError
 from raylane.serving import deploy
 from raylane.storage import local_or_uri, run_directory_exists
+from raylane.train.trainer import check_backend_installed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # a bad config fails here, before Ray starts
+    check_backend_installed(cfg.train)
     run_name = args.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = local_or_uri(cfg.storage_path)
     if run_directory_exists(storage_path, run_name):
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             tracking.log_tune_results(best.results_table)
         with progress.stage("register", f"best trial {best.trial_id} {best.hyperparams}"):
             model = tracking.log_best_model(best.checkpoint_path, prepared, best.hyperparams,
-                                            float(best.metrics["val_accuracy"]))
+                                            float(best.metrics["val_accuracy"]), cfg.train.backend)
             promotion = tracking.register_if_better(cfg.model, model)
 
     progress.say(f"best params {best.hyperparams}; val_accuracy {model.val_accuracy:.4f}, "

@@ -19,6 +19,9 @@ def connect(cfg: PipelineConfig) -> bool:
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return True
     # address="local": never join a stray `ray start` cluster on this machine by accident.
+    # Worker processes importing torch or TensorFlow on a small, busy machine can take longer
+    # than Ray Train's default 60 s group-start timeout; a slow start is not a failure.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
     # through the State API it serves; without it they linger and later trials wait forever.
     ray.init(address="local", num_cpus=local_cpus(cfg), include_dashboard=True,

@@ -51,8 +51,8 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    backend: Literal["torch"] = "torch"
-    """Training framework of the workers."""
+    backend: Literal["torch", "tensorflow"] = "torch"
+    """Training framework of the workers: PyTorch DDP, or TensorFlow MultiWorkerMirroredStrategy."""
     num_workers: int = Field(default=2, ge=1)
     """Ray Train workers per trial (DDP data-parallel)."""
     use_gpu: bool = False

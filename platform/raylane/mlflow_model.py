@@ -32,21 +32,13 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
         self._load_network(context.artifacts["checkpoint"])
 
     def _load_network(self, directory: str) -> None:
-        import torch
-
-        from raylane.train.torch_loop import load_model
-
-        torch.set_num_threads(1)  # requests are small; threads only contend with the server
-        self.network, _, _ = load_model(directory)
+        self._probabilities = (_load_tensorflow(directory) if self.framework == "tensorflow"
+                               else _load_torch(directory))
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Returns class probabilities (rows x classes) for raw feature rows in column order."""
-        import torch
-
         scaled = ((np.asarray(features, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
-        with torch.no_grad():
-            logits = self.network(torch.from_numpy(scaled))
-            return torch.softmax(logits, dim=1).numpy()
+        return self._probabilities(scaled)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
@@ -55,6 +47,36 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
         if (params or {}).get("return_probabilities"):
             return probabilities
         return np.asarray(self.classes)[probabilities.argmax(axis=1)]
+
+
+def _load_torch(directory: str) -> Any:
+    import torch
+
+    from raylane.train.torch_loop import load_model
+
+    torch.set_num_threads(1)  # requests are small; threads only contend with the server
+    network, _, _ = load_model(directory)
+
+    def probabilities(scaled: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(network(torch.from_numpy(scaled)), dim=1).numpy()
+
+    return probabilities
+
+
+def _load_tensorflow(directory: str) -> Any:
+    import tensorflow as tf
+
+    from raylane.train.tf_loop import load_model
+
+    network, _, _ = load_model(directory)
+    forward = tf.function(lambda x: tf.nn.softmax(network(x, training=False), axis=1),
+                          reduce_retracing=True)
+
+    def probabilities(scaled: np.ndarray) -> np.ndarray:
+        return forward(tf.convert_to_tensor(scaled)).numpy()
+
+    return probabilities
 
 
 def _feature_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:

@@ -199,10 +199,9 @@ class LoggedModel:
 
 
 def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
-                   val_accuracy: float) -> LoggedModel:
+                   val_accuracy: float, framework: str = "torch") -> LoggedModel:
     """Logs the best checkpoint as a pyfunc model on the active run and returns its test accuracy."""
     import mlflow
-    import torch
     from mlflow.models import infer_signature
 
     from raylane.mlflow_model import RaylaneClassifier, package_dir, write_preprocess
@@ -211,7 +210,7 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     example = raw.head(5)
     with tempfile.TemporaryDirectory() as tmp:
         preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.feature_columns,
-                                      data.classes, data.scaler.mean, data.scaler.std, "torch")
+                                      data.classes, data.scaler.mean, data.scaler.std, framework)
         model = RaylaneClassifier()
         outputs = np.asarray(data.classes)[np.zeros(len(example), dtype=int)]
         signature = infer_signature(example, outputs, params={"return_probabilities": False})
@@ -222,7 +221,7 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
             code_paths=[package_dir()],
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(torch.__version__),
+            pip_requirements=_pip_requirements(framework),
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
     predictions = loaded.predict(raw)
@@ -237,12 +236,24 @@ def _raw_split(split: Any, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray
     return pd.DataFrame(np.stack(batch["raw"]).astype(np.float64), columns=columns), batch["label"]
 
 
-def _pip_requirements(torch_version: str) -> list[str]:
+def _pip_requirements(framework: str) -> list[str]:
+    """Returns exact pins of what the served model imports, so it never asks for an unpinned build."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import mlflow
 
-    pins = {"mlflow": mlflow.__version__, "torch": torch_version.split("+")[0],
-            "numpy": np.__version__, "pandas": pd.__version__}
-    return [f"{name}=={version}" for name, version in pins.items()]
+    pins = {"mlflow": mlflow.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    if framework == "tensorflow":
+        for dist in ("tensorflow-cpu", "tensorflow"):
+            try:
+                pins[dist] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        pins["keras"] = version("keras")
+    else:
+        pins["torch"] = version("torch").split("+")[0]
+    return [f"{name}=={v}" for name, v in pins.items()]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.backend=pytorch", "train.backend: 'pytorch' is not one of 'torch'"),
+        ("train.backend=pytorch", "train.backend: 'pytorch' is not one of 'torch', 'tensorflow'"),
         ("train.epochs=0", "train.epochs: 0: input should be greater than or equal to 1"),
         ("train.lr=fast", "train.lr: 'fast': input should be a valid number"),
         ("trian.epochs=3", "trian: unknown field; accepted: storage_path, cluster, data, train"),
@@ -71,5 +71,5 @@ def test_cli_bad_config_exits_2_with_one_line_and_no_traceback() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "ConfigError: train.backend: 'pytorch' is not one of 'torch'"
+    assert proc.stderr.strip() == "ConfigError: train.backend: 'pytorch' is not one of 'torch', 'tensorflow'"
     assert "Traceback" not in proc.stderr

@@ -10,9 +10,13 @@ from raylane.config import ModelConfig, ServeConfig
 from raylane.serving.model import ServeArgs
 from raylane.tracking import champion_version
 
+APP_NAME = "raylane"
+
 
 def app_name(model: ModelConfig) -> str:
-    return f"raylane-{model.name}"
+    """The one Serve application of raylane on a cluster. Its routes start at /v1 and /v2, so a
+    deploy of another registered model replaces the previous one (Serve routes by prefix)."""
+    return APP_NAME
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from typing import Any
 
 import ray.train
@@ -44,9 +45,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
     device = ray.train.torch.get_device()
 
+    world_size = ray.train.get_context().get_world_size()
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
-        total_loss, total_rows = 0.0, 0
+        total_loss, total_rows, started = 0.0, 0, time.perf_counter()
         for batch in train_shard.iter_torch_batches(
             batch_size=config["batch_size"], local_shuffle_buffer_size=4 * config["batch_size"],
             local_shuffle_seed=config["seed"] + epoch, device=device,
@@ -58,6 +60,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             total_loss += loss.item() * len(batch["label"])
             total_rows += len(batch["label"])
 
+        epoch_time = time.perf_counter() - started
         val_loss, val_accuracy = evaluate(model, val_data, config["batch_size"], device)
         metrics = {
             "epoch": epoch,
@@ -65,6 +68,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
             "start_epoch": start_epoch,  # > 0 when this worker group resumed from a checkpoint
+            "train_rows": total_rows * world_size,  # rows seen by all workers this epoch
+            "epoch_time_s": epoch_time,
         }
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-from raylane.config import PipelineConfig
+from raylane.config import PipelineConfig, TrainConfig
 from raylane.data import PreparedData
+from raylane.errors import ConfigError
 from raylane.train.model import ModelSpec
+
+# backend -> (module that must be importable, the extra that installs it)
+BACKEND_PACKAGES = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
+
+
+def check_backend_installed(cfg: TrainConfig) -> None:
+    """Raises ConfigError naming the extra to install when the backend's framework is missing."""
+    module, extra = BACKEND_PACKAGES[cfg.backend]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: the module was blocked in sys.modules
+        found = False
+    if not found:
+        raise ConfigError(f"train.backend: {cfg.backend!r} needs {module}, which is not installed; "
+                          f"pip install 'raylane[{extra}]'")
 
 
 def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: PreparedData) -> dict[str, Any]:
@@ -31,13 +48,20 @@ def build_trainer(
     storage_path: str,
     callbacks: list[Any] = (),
 ) -> Any:
-    """Returns a TorchTrainer for one trial: DDP workers, per-epoch checkpoints, bounded retries."""
+    """Returns the trainer for one trial (TorchTrainer with DDP, or TensorflowTrainer with
+    MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    from raylane.train.torch_loop import train_loop_per_worker
+    if cfg.train.backend == "tensorflow":
+        from ray.train.tensorflow import TensorflowTrainer as Trainer
 
-    return TorchTrainer(
+        from raylane.train.tf_loop import train_loop_per_worker
+    else:
+        from ray.train.torch import TorchTrainer as Trainer
+
+        from raylane.train.torch_loop import train_loop_per_worker
+
+    return Trainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, hyperparams, data),
         scaling_config=ScalingConfig(

@@ -1,0 +1,166 @@
+"""What one TensorFlow worker does: join the MultiWorkerMirroredStrategy, resume, then per epoch
+train on its shard with a custom synchronous step, evaluate, report.
+
+Why a custom step and not `model.fit`: Keras 3 `fit` under MultiWorkerMirroredStrategy with more
+than one worker is broken in several releases (keras-team/keras#20585). `strategy.run` around a
+GradientTape step works with TensorFlow 2.21 / Keras 3.15: Keras' TensorFlow optimizer all-reduces
+(sums) the gradients of every replica in `apply_gradients`, so the loss is scaled by the global
+batch. Ray Train sets TF_CONFIG for every worker before this function starts. Only Keras 3
+objects are used (no tf_keras).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import ray.train
+
+from raylane.train.model import ModelSpec
+
+STATE_FILE = "state.npz"
+SPEC_FILE = "spec.json"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # one worker per CPU slot
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG, set by Ray
+    spec = ModelSpec(**config["spec"])
+    keras.utils.set_random_seed(config["seed"])
+    with strategy.scope():  # variables become mirrored; initial values come from worker 0
+        model = build_keras_mlp(spec)
+        optimizer = keras.optimizers.Adam(
+            learning_rate=config["lr"], weight_decay=config["weight_decay"] or None
+        )
+        optimizer.build(model.trainable_variables)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
+        with checkpoint.as_directory() as directory:
+            start_epoch = restore_state(directory, model, optimizer) + 1
+
+    batch_size = config["batch_size"]
+    global_batch = batch_size * strategy.num_replicas_in_sync
+
+    @tf.function
+    def train_step(features: Any, labels: Any) -> Any:
+        def replica_step(x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                per_row = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                loss = tf.reduce_sum(per_row) / global_batch
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))  # all-reduced
+            return loss
+
+        per_replica = strategy.run(replica_step, args=(features, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    @tf.function
+    def weight_spread() -> Any:
+        """Max minus min over workers of a weight checksum: 0 when the replicas are in sync."""
+        def checksum() -> Any:
+            return tf.add_n([tf.reduce_sum(tf.cast(v, tf.float64)) for v in model.trainable_variables])
+
+        every = strategy.gather(strategy.run(lambda: tf.reshape(checksum(), [1])), axis=0)
+        return tf.reduce_max(every) - tf.reduce_min(every)
+
+    train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
+    val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
+
+    world_size = ray.train.get_context().get_world_size()
+    for epoch in range(start_epoch, config["epochs"]):
+        total_loss, steps, started = 0.0, 0, time.perf_counter()
+        # drop_last keeps shapes static and the step count equal on every worker (a collective
+        # per step: one worker with an extra batch would wait forever).
+        for batch in train_shard.iter_tf_batches(
+            batch_size=batch_size, drop_last=True,
+            local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=config["seed"] + epoch,
+        ):
+            total_loss += float(train_step(batch["features"], batch["label"]))
+            steps += 1
+
+        epoch_time = time.perf_counter() - started
+        val_loss, val_accuracy = evaluate(model, val_data)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(steps, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "start_epoch": start_epoch,
+            "num_replicas_in_sync": strategy.num_replicas_in_sync,
+            "replica_weight_spread": float(weight_spread()),
+            "train_rows": steps * batch_size * world_size,  # rows seen by all workers this epoch
+            "epoch_time_s": epoch_time,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                save_state(directory, model, optimizer, epoch, spec)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+
+
+def build_keras_mlp(spec: ModelSpec) -> Any:
+    """Returns a Keras 3 MLP with the same architecture as the torch one; outputs logits."""
+    import keras
+
+    layers: list[Any] = [keras.Input(shape=(spec.input_dim,))]
+    for _ in range(spec.num_layers):
+        layers.append(keras.layers.Dense(spec.hidden_size, activation="relu"))
+        if spec.dropout > 0:
+            layers.append(keras.layers.Dropout(spec.dropout))
+    layers.append(keras.layers.Dense(spec.num_classes))
+    return keras.Sequential(layers)
+
+
+def evaluate(model: Any, dataset: Any) -> tuple[float, float]:
+    """Returns (mean loss, accuracy) of `model` over every row of `dataset`."""
+    import keras
+    import tensorflow as tf
+
+    loss_sum, correct, rows = 0.0, 0, 0
+    for batch in dataset.iter_tf_batches(batch_size=512):
+        logits = model(batch["features"], training=False)
+        labels = batch["label"]
+        loss_sum += float(tf.reduce_sum(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)))
+        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, axis=1) == labels, tf.int32)))
+        rows += int(labels.shape[0])
+    return loss_sum / max(rows, 1), correct / max(rows, 1)
+
+
+def save_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: ModelSpec) -> None:
+    """Writes weights, optimizer variables, the epoch and the spec into `directory`."""
+    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    np.savez(os.path.join(directory, STATE_FILE), epoch=np.array(epoch), **arrays)
+    with open(os.path.join(directory, SPEC_FILE), "w") as f:
+        json.dump(spec.to_dict(), f)
+
+
+def restore_state(directory: str, model: Any, optimizer: Any) -> int:
+    """Loads weights and optimizer variables from `directory`; returns the checkpoint's epoch."""
+    with np.load(os.path.join(directory, STATE_FILE)) as state:
+        model.set_weights([state[f"w{i}"] for i in range(len(model.get_weights()))])
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(state[f"o{i}"])
+        return int(state["epoch"])
+
+
+def load_model(directory: str) -> tuple[Any, ModelSpec, int]:
+    """Returns (Keras model, its spec, its epoch) from a checkpoint directory."""
+    with open(os.path.join(directory, SPEC_FILE)) as f:
+        spec = ModelSpec(**json.load(f))
+    model = build_keras_mlp(spec)
+    with np.load(os.path.join(directory, STATE_FILE)) as state:
+        model.set_weights([state[f"w{i}"] for i in range(len(model.get_weights()))])
+        return model, spec, int(state["epoch"])

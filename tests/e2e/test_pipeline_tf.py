@@ -1,0 +1,72 @@
+"""The same entrypoint with `train.backend: tensorflow`: a TF champion registered in MLflow and
+served through the same HTTP contract, answering exactly what `mlflow.pyfunc` answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from raylane import data
+from raylane.config import load_config
+
+from pipelines import train_tune_serve
+
+pytest.importorskip("tensorflow", reason="the [tf] extra is part of the dev install")
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_local, serve_port, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e_tf")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    overrides = [f"storage_path={tmp / 'storage'}", f"serve.port={serve_port}",
+                 "train.backend=tensorflow", "model.name=digits_tf", "train.batch_size=32"]
+    argv = ["--config", TINY, "--tracking-uri", uri, "--run-name", "e2e-tf", "--no-block"]
+    argv += [a for o in overrides for a in ("--set", o)]
+    assert train_tune_serve.main(argv) == 0
+    cfg = load_config(TINY, overrides)
+    prepared = data.prepare(cfg.data, str(tmp / "storage"))
+    batch = prepared.test.take_batch(prepared.test.count(), batch_format="numpy")
+    return {"uri": uri, "url": f"http://127.0.0.1:{serve_port}", "data": prepared,
+            "rows": np.stack(batch["raw"]), "labels": np.asarray(prepared.classes)[batch["label"]]}
+
+
+def test_tf_champion_is_registered_with_pinned_tensorflow(pipeline) -> None:
+    client = MlflowClient(pipeline["uri"])
+    version = client.get_model_version_by_alias("digits_tf", "champion")
+    assert float(version.tags["test_accuracy"]) > 0.8
+    mlflow.set_tracking_uri(pipeline["uri"])
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/digits_tf@champion")).read_text()
+    assert "tensorflow-cpu==" in requirements and "keras==" in requirements
+    assert "torch" not in requirements
+
+
+def test_served_tf_model_returns_what_pyfunc_returns(pipeline) -> None:
+    mlflow.set_tracking_uri(pipeline["uri"])
+    model = mlflow.pyfunc.load_model("models:/digits_tf@champion")
+    frame = pd.DataFrame(pipeline["rows"], columns=pipeline["data"].feature_columns)
+    expected = model.predict(frame)
+    url = f"{pipeline['url']}/v1/models/digits_tf:predict"
+    response = httpx.post(url, json={"instances": pipeline["rows"].tolist()})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == expected.tolist()
+    assert np.mean(expected == pipeline["labels"]) > 0.8
+    served = httpx.post(url, json={"instances": pipeline["rows"][:4].tolist(),
+                                   "return_probabilities": True}).json()["predictions"]
+    local = model.predict(frame.head(4), params={"return_probabilities": True})
+    assert np.allclose(served, local, atol=1e-6)
+
+
+def test_metadata_names_the_framework_and_same_contract(pipeline) -> None:
+    meta = httpx.get(f"{pipeline['url']}/v2/models/digits_tf").json()
+    assert meta["platform"] == "mlflow-pyfunc/tensorflow"
+    assert meta["inputs"][0]["shape"] == [-1, 64]
+    bad = httpx.post(f"{pipeline['url']}/v1/models/digits_tf:predict", json={"instances": [[1, 2]]})
+    assert bad.status_code == 400 and "expects 64" in bad.json()["error"]
