@@ -58,7 +58,8 @@ def _table(x: np.ndarray, y: np.ndarray):
     return pa.table({"features": ArrowTensorArray.from_numpy(x), "label": y})
 
 
-def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, workers: int) -> tuple[float, float]:
+def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int,
+                workers: int) -> tuple[float, float]:
     """Returns (samples/s of the last epoch, seconds of fit() outside the epochs)."""
     import ray
     import ray.data
@@ -70,12 +71,14 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, workers: 
     ray.data.DataContext.get_current().enable_progress_bars = False
     train = ray.data.from_arrow(_table(x, y)).repartition(16).materialize()
     val = ray.data.from_arrow(_table(x[:512], y[:512])).materialize()
-    prepared = PreparedData(train=train, val=val, test=val, feature_columns=[f"f{i}" for i in range(FEATURES)],
+    columns = [f"f{i}" for i in range(FEATURES)]
+    prepared = PreparedData(train=train, val=val, test=val, feature_columns=columns,
                             label_column="label", classes=list(range(CLASSES)),
                             scaler=Standardizer([0.0] * FEATURES, [1.0] * FEATURES), source="synthetic",
                             files=[], digest="")
     cfg = load_config(None, ["train.backend=tensorflow", f"train.num_workers={workers}",
                              f"train.epochs={epochs}", f"train.batch_size={batch}",
+                             f"train.checkpoints_to_keep={epochs}",  # keep every epoch's timing
                              f"train.hidden_size={HIDDEN}", f"train.num_layers={LAYERS}", "train.lr=0.001"])
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()
@@ -88,7 +91,9 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int, workers: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=512, help="per-worker batch (the baseline uses it too)")

@@ -20,3 +20,15 @@ def run_directory_exists(storage_path: str, run_name: str) -> bool:
     else:
         fs, root = pafs.LocalFileSystem(), storage_path
     return fs.get_file_info(posixpath.join(root, run_name)).type != pafs.FileType.NotFound
+
+
+def path_exists(path: str) -> bool:
+    """Returns True if a local path or a pyarrow URI names an existing file or directory."""
+    try:
+        if "://" in path:
+            fs, inner = pafs.FileSystem.from_uri(path)
+        else:
+            fs, inner = pafs.LocalFileSystem(), path
+        return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    except (OSError, ValueError):
+        return False

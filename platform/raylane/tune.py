@@ -15,6 +15,7 @@ from ray import tune
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
 from raylane.errors import TrainingError
+from raylane.storage import path_exists
 from raylane.train.trainer import build_trainer
 
 # A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
@@ -111,11 +112,16 @@ def best_trial(results: Any, tc: TuneConfig) -> BestTrial:
         if result.metrics_dataframe is None or tc.metric not in result.metrics_dataframe:
             continue
         frame = result.metrics_dataframe.dropna(subset=[tc.metric])
-        frame = frame[frame.get("checkpoint_path").notna()] if "checkpoint_path" in frame else frame[:0]
+        if "checkpoint_path" not in frame:
+            continue
+        # Ray Train keeps only `checkpoints_to_keep` checkpoints, and on ties in the metric it may
+        # keep a later epoch than the first best row: choose among checkpoints that still exist,
+        # the latest epoch winning a tie.
+        frame = frame[frame["checkpoint_path"].map(lambda p: isinstance(p, str) and path_exists(p))]
         if frame.empty:
             continue
-        best = frame.loc[frame[tc.metric].idxmax() if tc.mode == "max" else frame[tc.metric].idxmin()]
-        rows.append((result, best))
+        ordered = frame.sort_values([tc.metric, "epoch"], ascending=[tc.mode == "min", False])
+        rows.append((result, ordered.iloc[0]))
     if not rows:
         errors = [str(r.error) for r in results if r.error]
         raise TrainingError(
