@@ -23,7 +23,7 @@ from raylane import cluster, data, progress, tracking, tune
 from raylane.cli import add_common_arguments, config_from_args, run_main
 from raylane.errors import ConfigError
 from raylane.serving import deploy
-from raylane.storage import local_or_uri, run_directory_exists
+from raylane.storage import local_copy, local_or_uri, run_directory_exists
 from raylane.train.trainer import check_backend_installed
 
 
@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
             best = tune.search(cfg, prepared, run_name, storage_path, callbacks=[logger])
             tracking.log_tune_results(best.results_table)
         with progress.stage("register", f"best trial {best.trial_id} {best.hyperparams}"):
-            model = tracking.log_best_model(best.checkpoint_path, prepared, best.hyperparams,
-                                            float(best.metrics["val_accuracy"]), cfg.train.backend)
+            with local_copy(best.checkpoint_path, storage_path) as checkpoint_dir:
+                model = tracking.log_best_model(checkpoint_dir, prepared, best.hyperparams,
+                                                float(best.metrics["val_accuracy"]), cfg.train.backend)
             promotion = tracking.register_if_better(cfg.model, model)
 
     progress.say(f"best params {best.hyperparams}; val_accuracy {model.val_accuracy:.4f}, "
@@ -87,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     progress.say(f"endpoint {url}/v1/models/{cfg.model.name}:predict  (docs: {url}/docs)")
     progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.input_dim))
-    if on_cluster or args.no_block:
+    if on_cluster:
         progress.say("the endpoint keeps running on the cluster after this job exits")
+        return 0
+    if args.no_block:
+        progress.say("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
         return 0
     progress.say("serving in the foreground; press Ctrl-C to stop")
     deploy.serve_until_interrupted()

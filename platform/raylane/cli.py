@@ -26,7 +26,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                         "else sqlite:///mlflow.db in the working directory)")
     parser.add_argument("--no-block", action="store_true",
-                        help="on a local Ray, return after deploying instead of serving until Ctrl-C")
+                        help="return after deploying instead of serving until Ctrl-C (on a local Ray "
+                             "the endpoint stops when the process exits: for scripts and tests)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
 
 

@@ -196,6 +196,24 @@ class PipelineConfig(_Section):
     model: ModelConfig = ModelConfig()
     serve: ServeConfig = ServeConfig()
 
+    @model_validator(mode="after")
+    def _search_space_fits_train(self) -> PipelineConfig:
+        """Every value a trial can draw must be a valid train field, checked before Ray starts."""
+        for name, dim in self.tune.search_space.items():
+            candidates = dim.choice if dim.choice is not None else list(
+                dim.loguniform or dim.uniform or (dim.randint[0], dim.randint[1] - 1))
+            if dim.kind in ("uniform", "loguniform") and name in ("hidden_size", "num_layers", "batch_size"):
+                raise ValueError(f"tune.search_space.{name}: {dim.kind} draws floats; {name} is an "
+                                 "integer: use randint or choice")
+            for value in candidates:
+                try:
+                    TrainConfig.model_validate({**self.train.model_dump(), name: value})
+                except ValidationError as err:
+                    problem = err.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"tune.search_space.{name}: {value!r}: {problem[0].lower()}"
+                                     f"{problem[1:]}") from None
+        return self
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
     """Returns the validated config from a YAML file (optional) and 'dotted.path=value' overrides."""
@@ -257,7 +275,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: required field is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "value_error":
-        return f"{loc}: {message}"
+        return message if loc == "config" else f"{loc}: {message}"
     return f"{loc}: {value!r}: {message[0].lower()}{message[1:]}"
 
 

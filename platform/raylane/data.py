@@ -89,7 +89,10 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
     features = _validate_schema(ds, cfg, files)
 
     split_fn = _SplitRows(features, cfg.label_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    rows = ds.map_batches(split_fn, batch_format="pandas").materialize()
+    try:
+        rows = ds.map_batches(split_fn, batch_format="pandas").materialize()
+    except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
+        raise _data_error_in(err, files) from err
     summary = _summarize(rows)
     classes = summary["classes"]
     if len(classes) < 2:
@@ -177,7 +180,7 @@ def _list_files(source: str, fmt: str) -> list[str]:
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"data.source: file or directory {source!r} not found")
         if info.type == pafs.FileType.File:
-            return [source]
+            return [scheme + path]
         found = [
             i.path for i in _safe_listing(fs, path, source)
             if i.is_file and not posixpath.basename(i.path).startswith(("_", "."))
@@ -224,6 +227,19 @@ def _validate_schema(ds: Any, cfg: DataConfig, files: list[str]) -> list[str]:
     return features
 
 
+def _data_error_in(err: BaseException, files: list[str]) -> DataError:
+    """Returns the DataError inside a Ray task failure, or a DataError naming the files read."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, DataError):
+            message = str(seen).strip().splitlines()[-1].removeprefix("raylane.errors.DataError: ")
+            return DataError(f"data.source {files[0]!r}{' (and others)' if len(files) > 1 else ''}: "
+                             f"{message}")
+        seen = seen.__cause__ or seen.__context__
+    text = str(err).strip().splitlines()
+    return DataError(f"cannot read {files[0]!r}: {text[-1] if text else type(err).__name__}")
+
+
 def _is_numeric(kind: Any) -> bool:
     try:
         return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
@@ -242,6 +258,12 @@ class _SplitRows:
         self.salt = np.uint64(int(hashlib.sha256(str(seed).encode()).hexdigest()[:16], 16))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        for column in [self.label, *self.features]:
+            missing = frame[column].isna()
+            if missing.any():
+                raise DataError(f"column {column!r} has {int(missing.sum())} missing values "
+                                f"(first at row {int(missing.to_numpy().argmax())} of a block); "
+                                "fill or drop them before training")
         values = frame[self.features].astype("float64")
         hashes = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
         # pandas ignores hash_key for numbers: mix the seed in with a second hash instead.

@@ -52,10 +52,10 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
 def _load_torch(directory: str) -> Any:
     import torch
 
-    from raylane.train.torch_loop import load_model
+    from raylane.train.weights import load_torch_model
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
-    network, _, _ = load_model(directory)
+    network, _, _ = load_torch_model(directory)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -67,9 +67,9 @@ def _load_torch(directory: str) -> Any:
 def _load_tensorflow(directory: str) -> Any:
     import tensorflow as tf
 
-    from raylane.train.tf_loop import load_model
+    from raylane.train.weights import load_keras_model
 
-    network, _, _ = load_model(directory)
+    network, _, _ = load_keras_model(directory)
     forward = tf.function(lambda x: tf.nn.softmax(network(x, training=False), axis=1),
                           reduce_retracing=True)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import tempfile
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -22,13 +25,28 @@ def run_directory_exists(storage_path: str, run_name: str) -> bool:
     return fs.get_file_info(posixpath.join(root, run_name)).type != pafs.FileType.NotFound
 
 
-def path_exists(path: str) -> bool:
-    """Returns True if a local path or a pyarrow URI names an existing file or directory."""
+def filesystem(storage_path: str) -> pafs.FileSystem:
+    """Returns the pyarrow filesystem of a storage path (local, or the URI's, query options included)."""
+    return pafs.FileSystem.from_uri(storage_path)[0] if "://" in storage_path else pafs.LocalFileSystem()
+
+
+def path_exists(path: str, fs: pafs.FileSystem | None = None) -> bool:
+    """Returns True if `path` (inside `fs`, or a local path) names an existing file or directory.
+
+    Ray Train reports checkpoint paths inside the storage filesystem, without a URI scheme."""
     try:
-        if "://" in path:
-            fs, inner = pafs.FileSystem.from_uri(path)
-        else:
-            fs, inner = pafs.LocalFileSystem(), path
-        return fs.get_file_info(inner).type != pafs.FileType.NotFound
+        return (fs or pafs.LocalFileSystem()).get_file_info(path).type != pafs.FileType.NotFound
     except (OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def local_copy(path: str, storage_path: str) -> Iterator[str]:
+    """Yields a local directory holding the checkpoint at `path` (copied when storage is remote)."""
+    fs = filesystem(storage_path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as local:
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield local

@@ -71,7 +71,9 @@ def pipeline_run(cfg: PipelineConfig, run_name: str, experiment_id: str) -> Iter
 
     tags = {"raylane.run_name": run_name, **_origin_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow.log_params(_flatten(cfg.model_dump(mode="json", exclude={"tune": {"search_space"}})))
+        # feature_columns can exceed MLflow's param length; data/schema.json holds them instead.
+        exclude = {"tune": {"search_space"}, "data": {"feature_columns"}}
+        mlflow.log_params(_flatten(cfg.model_dump(mode="json", exclude=exclude)))
         mlflow.log_text(to_yaml(cfg), "config/pipeline.yaml")
         yield run
 
@@ -295,12 +297,21 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
 
 
 def _champion(client: Any, cfg: ModelConfig) -> Any | None:
+    """Returns the current champion version, None if there is none; other registry errors raise,
+    so a flaky store never makes the gate promote by default."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(cfg.name, cfg.champion_alias)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if _is_missing(err):
+            return None
+        raise
+
+
+def _is_missing(err: Exception) -> bool:
+    code = getattr(err, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(err).lower()
 
 
 def champion_version(tracking_uri: str, name: str, alias: str) -> str:
@@ -311,6 +322,8 @@ def champion_version(tracking_uri: str, name: str, alias: str) -> str:
     try:
         return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException as err:
+        if not _is_missing(err):
+            raise RaylaneError(f"cannot read model {name!r} from {tracking_uri}: {err}") from err
         raise ModelNotFoundError(
             f"no version of model {name!r} has the alias {alias!r} in {tracking_uri}; "
             "run the pipeline first (raylane run) to register one"

@@ -15,7 +15,7 @@ from ray import tune
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
 from raylane.errors import TrainingError
-from raylane.storage import path_exists
+from raylane.storage import filesystem, path_exists
 from raylane.train.trainer import build_trainer
 
 # A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
@@ -91,7 +91,7 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
             callbacks=list(callbacks), verbose=1,
         ),
     )
-    return best_trial(tuner.fit(), tc)
+    return best_trial(tuner.fit(), tc, filesystem(storage_path))
 
 
 def _search_alg(cfg: PipelineConfig) -> Any:
@@ -105,7 +105,7 @@ def _search_alg(cfg: PipelineConfig) -> Any:
     return BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=cfg.tune.max_concurrent_trials)
 
 
-def best_trial(results: Any, tc: TuneConfig) -> BestTrial:
+def best_trial(results: Any, tc: TuneConfig, fs: Any = None) -> BestTrial:
     """Returns the trial with the best epoch over all trials, and that epoch's checkpoint."""
     rows = []
     for result in results:
@@ -117,7 +117,7 @@ def best_trial(results: Any, tc: TuneConfig) -> BestTrial:
         # Ray Train keeps only `checkpoints_to_keep` checkpoints, and on ties in the metric it may
         # keep a later epoch than the first best row: choose among checkpoints that still exist,
         # the latest epoch winning a tie.
-        frame = frame[frame["checkpoint_path"].map(lambda p: isinstance(p, str) and path_exists(p))]
+        frame = frame[frame["checkpoint_path"].map(lambda p: isinstance(p, str) and path_exists(p, fs))]
         if frame.empty:
             continue
         ordered = frame.sort_values([tc.metric, "epoch"], ascending=[tc.mode == "min", False])

@@ -147,6 +147,40 @@ def test_malformed_json_nan_and_unknown_model_are_4xx(pipeline) -> None:
     assert unknown.status_code == 404 and "serves 'digits'" in unknown.json()["error"]
 
 
+def test_logged_model_loads_and_predicts_without_ray(pipeline, tmp_path) -> None:
+    """What `mlflow models serve` needs: the model's own requirements, not raylane's runtime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({pipeline['uri']!r})\n"
+        "model = mlflow.pyfunc.load_model('models:/digits@champion')\n"
+        f"columns = {pipeline['data'].feature_columns!r}\n"
+        "print(model.predict(pd.DataFrame([[0.0] * 64], columns=columns)).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith("[")
+
+
+def test_readiness_endpoints_and_405_allow(pipeline) -> None:
+    url = pipeline["url"]
+    assert httpx.get(f"{url}/v1/models/digits").json() == {"name": "digits", "ready": True}
+    assert httpx.get(f"{url}/v2/models/digits/ready").json()["ready"] is True
+    assert httpx.get(f"{url}/v2").json()["name"] == "raylane"
+    wrong_method = httpx.get(f"{url}/v1/models/digits:predict")
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["allow"]
+
+
+def test_overflowing_values_are_a_400_not_garbage(pipeline) -> None:
+    response = httpx.post(f"{pipeline['url']}/v1/models/digits:predict",
+                          json={"instances": [[1e300] * 64], "return_probabilities": True})
+    assert response.status_code == 400 and "overflowed" in response.json()["error"]
+
+
 def test_a_worse_model_does_not_take_the_champion_alias(pipeline) -> None:
     client = pipeline["client"]
     mlflow.set_tracking_uri(pipeline["uri"])

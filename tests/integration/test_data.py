@@ -99,3 +99,10 @@ def test_non_numeric_feature_names_the_column(ray_local, tmp_path) -> None:
 def test_unknown_sklearn_source_lists_the_accepted_ones(ray_local, tmp_path) -> None:
     with pytest.raises(DataError, match="'sklearn:iris' is not one of sklearn:digits, sklearn:wine"):
         data.prepare(DataConfig(source="sklearn:iris"), str(tmp_path))
+
+
+def test_missing_values_are_a_data_error_naming_the_column(ray_local, tmp_path) -> None:
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"x": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"column 'x' has 1 missing values"):
+        data.prepare(DataConfig(source=str(path), label_column="y"), str(tmp_path))

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-
 from raylane.config import TuneConfig
 from raylane.errors import TrainingError
 from raylane.tune import best_trial

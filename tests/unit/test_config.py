@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
         ("serve.port=70000", "serve.port: 70000: input should be less than or equal to 65535"),
         ("model.name=bad name", "model.name: 'bad name': string should match pattern"),
         ("data.val_fraction=0.9", "data.val_fraction: 0.9: input should be less than 0.5"),
+        ("tune.search_space.dropout={uniform: [0.5, 1.5]}",
+         "tune.search_space.dropout: 1.5: input should be less than 1"),
+        ("tune.search_space.hidden_size={uniform: [16, 64]}",
+         "tune.search_space.hidden_size: uniform draws floats; hidden_size is an integer"),
+        ("tune.search_space.lr={choice: [0.01, fast]}",
+         "tune.search_space.lr: 'fast': input should be a valid number"),
     ],
 )
 def test_bad_value_names_field_value_and_accepted(override: str, message: str) -> None:

@@ -94,7 +94,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))  # e.g. Allow on a 405
 
 
 def _rows_to_matrix(instances: list[Any], columns: list[str]) -> np.ndarray:
@@ -143,6 +144,20 @@ class ModelServer:
     def ready(self) -> dict[str, bool]:
         return {"ready": True}  # a replica only takes traffic once __init__ has loaded the model
 
+    @app.get("/v2")
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "raylane", "version": "1", "extensions": []}
+
+    @app.get("/v2/models/{name}/ready")
+    def model_ready(self, name: str) -> dict[str, Any]:
+        model = self._model(name)
+        return {"name": model.name, "ready": True}
+
+    @app.get("/v1/models/{name}")
+    def v1_model_status(self, name: str) -> dict[str, Any]:
+        model = self._model(name)  # KServe V1 readiness: 200 once the model is loaded
+        return {"name": model.name, "ready": True}
+
     @app.get("/v2/models/{name}", response_model=ModelMetadata)
     def metadata(self, name: str) -> ModelMetadata:
         model = self._model(name)
@@ -160,6 +175,10 @@ class ModelServer:
         model = self._model(name)
         rows = _rows_to_matrix(request.instances, model.feature_columns)
         labels, probabilities = model.predict(rows)
+        bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        if bad.size:  # values so large that the network overflowed: no answer beats a wrong one
+            raise BadInput(400, f"instances{bad[:5].tolist()}: values out of the range the model "
+                                "can compute with (the network overflowed); send raw feature values")
         if request.return_probabilities:
             return V1PredictResponse(predictions=probabilities.tolist())
         return V1PredictResponse(predictions=labels)

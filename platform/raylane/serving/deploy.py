@@ -25,10 +25,10 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
 
     from raylane.serving.app import build_app
 
-    champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, and clearly
+    version = champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, clearly
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
     args = ServeArgs(
-        model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
+        model_name=model.name, alias=model.champion_alias, version=version, tracking_uri=tracking_uri,
         num_replicas=serve_cfg.num_replicas, max_ongoing_requests=serve_cfg.max_ongoing_requests,
     )
     # blocking=False: returns once the replicas are up; the app lives as long as the cluster.

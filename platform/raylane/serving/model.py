@@ -19,9 +19,12 @@ class ServeArgs(BaseModel):
     model_name: str = "digits"
     """Registered model to serve; also the {name} in the endpoint URLs."""
     alias: str = "champion"
-    """Registry alias whose version is served."""
-    tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", ""))
-    """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL)."""
+    """Registry alias whose version is served (when `version` is unset)."""
+    version: str | None = None
+    """Exact version to serve; the pipeline pins it so every replica serves the same one."""
+    tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", ""),
+                              min_length=1)
+    """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL); required."""
     num_replicas: int = Field(default=1, ge=1)
     """Replicas of the model deployment."""
     max_ongoing_requests: int = Field(default=64, ge=1)
@@ -57,7 +60,7 @@ def load_from_registry(args: ServeArgs) -> LoadedModel:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     mlflow.set_tracking_uri(args.tracking_uri)
-    version = champion_version(args.tracking_uri, args.model_name, args.alias)
+    version = args.version or champion_version(args.tracking_uri, args.model_name, args.alias)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{args.model_name}/{version}")
     inner = pyfunc.unwrap_python_model()
     return LoadedModel(

@@ -11,7 +11,6 @@ objects are used (no tf_keras).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -21,16 +20,17 @@ import numpy as np
 import ray.train
 
 from raylane.train.model import ModelSpec
+from raylane.train.weights import TF_STATE_FILE, build_keras_mlp, load_keras_model, write_spec
 
-STATE_FILE = "state.npz"
-SPEC_FILE = "spec.json"
+load_model = load_keras_model  # (model, spec, epoch) from a checkpoint directory
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)  # one worker per CPU slot
+    # One op thread per reserved CPU: more only contends with the other workers on the node.
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, int(config["cpus_per_worker"])))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG, set by Ray
     spec = ModelSpec(**config["spec"])
     keras.utils.set_random_seed(config["seed"])
@@ -109,19 +109,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 
 
-def build_keras_mlp(spec: ModelSpec) -> Any:
-    """Returns a Keras 3 MLP with the same architecture as the torch one; outputs logits."""
-    import keras
-
-    layers: list[Any] = [keras.Input(shape=(spec.input_dim,))]
-    for _ in range(spec.num_layers):
-        layers.append(keras.layers.Dense(spec.hidden_size, activation="relu"))
-        if spec.dropout > 0:
-            layers.append(keras.layers.Dropout(spec.dropout))
-    layers.append(keras.layers.Dense(spec.num_classes))
-    return keras.Sequential(layers)
-
-
 def evaluate(model: Any, dataset: Any) -> tuple[float, float]:
     """Returns (mean loss, accuracy) of `model` over every row of `dataset`."""
     import keras
@@ -142,25 +129,14 @@ def save_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: Mod
     """Writes weights, optimizer variables, the epoch and the spec into `directory`."""
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
-    np.savez(os.path.join(directory, STATE_FILE), epoch=np.array(epoch), **arrays)
-    with open(os.path.join(directory, SPEC_FILE), "w") as f:
-        json.dump(spec.to_dict(), f)
+    np.savez(os.path.join(directory, TF_STATE_FILE), epoch=np.array(epoch), **arrays)
+    write_spec(directory, spec)
 
 
 def restore_state(directory: str, model: Any, optimizer: Any) -> int:
     """Loads weights and optimizer variables from `directory`; returns the checkpoint's epoch."""
-    with np.load(os.path.join(directory, STATE_FILE)) as state:
+    with np.load(os.path.join(directory, TF_STATE_FILE)) as state:
         model.set_weights([state[f"w{i}"] for i in range(len(model.get_weights()))])
         for i, variable in enumerate(optimizer.variables):
             variable.assign(state[f"o{i}"])
         return int(state["epoch"])
-
-
-def load_model(directory: str) -> tuple[Any, ModelSpec, int]:
-    """Returns (Keras model, its spec, its epoch) from a checkpoint directory."""
-    with open(os.path.join(directory, SPEC_FILE)) as f:
-        spec = ModelSpec(**json.load(f))
-    model = build_keras_mlp(spec)
-    with np.load(os.path.join(directory, STATE_FILE)) as state:
-        model.set_weights([state[f"w{i}"] for i in range(len(model.get_weights()))])
-        return model, spec, int(state["epoch"])

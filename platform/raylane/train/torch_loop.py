@@ -6,7 +6,6 @@ built by `raylane.train.trainer.loop_config`: optimiser settings plus the model 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -18,16 +17,17 @@ import torch
 from torch import nn
 
 from raylane.train.model import ModelSpec, build_mlp
+from raylane.train.weights import TORCH_STATE_FILE, load_torch_model, write_spec
 
-STATE_FILE = "state.pt"
-SPEC_FILE = "spec.json"
+load_model = load_torch_model  # (model, spec, epoch) from a checkpoint directory
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     spec = ModelSpec(**config["spec"])
     model = ray.train.torch.prepare_model(build_mlp(spec))  # DDP wrapper, moved to the device
-    optimizer = torch.optim.Adam(
+    # AdamW: decoupled weight decay, as Keras' Adam(weight_decay=...) on the TensorFlow path.
+    optimizer = torch.optim.AdamW(
         model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
     loss_fn = nn.CrossEntropyLoss()
@@ -36,7 +36,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
         with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu")
+            state = torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
@@ -96,19 +96,8 @@ def save_checkpoint(directory: str, model: nn.Module, optimizer: Any, epoch: int
                     spec: ModelSpec) -> None:
     """Writes model and optimizer state, the epoch, and the model spec into `directory`."""
     state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-    torch.save(state, os.path.join(directory, STATE_FILE))
-    with open(os.path.join(directory, SPEC_FILE), "w") as f:
-        json.dump(spec.to_dict(), f)
-
-
-def load_model(directory: str) -> tuple[nn.Module, ModelSpec, int]:
-    """Returns (model in eval mode, its spec, its epoch) from a checkpoint directory."""
-    with open(os.path.join(directory, SPEC_FILE)) as f:
-        spec = ModelSpec(**json.load(f))
-    state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu")
-    model = build_mlp(spec)
-    model.load_state_dict(state["model"])
-    return model.eval(), spec, state["epoch"]
+    torch.save(state, os.path.join(directory, TORCH_STATE_FILE))
+    write_spec(directory, spec)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

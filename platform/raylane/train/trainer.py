@@ -28,7 +28,7 @@ def check_backend_installed(cfg: TrainConfig) -> None:
 
 def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: PreparedData) -> dict[str, Any]:
     """Returns the dict each worker's loop receives: train fields with the trial's values on top."""
-    train = cfg.train.model_copy(update=hyperparams)
+    train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
     spec = ModelSpec(
         input_dim=data.input_dim, num_classes=len(data.classes), hidden_size=train.hidden_size,
         num_layers=train.num_layers, dropout=train.dropout,
@@ -36,6 +36,7 @@ def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Prepared
     return {
         "lr": train.lr, "weight_decay": train.weight_decay, "batch_size": train.batch_size,
         "epochs": train.epochs, "seed": train.seed, "spec": spec.to_dict(),
+        "cpus_per_worker": train.cpus_per_worker,
     }
 
 
