@@ -229,12 +229,14 @@ def _validate_schema(ds: Any, cfg: DataConfig, files: list[str]) -> list[str]:
 
 def _data_error_in(err: BaseException, files: list[str]) -> DataError:
     """Returns the DataError inside a Ray task failure, or a DataError naming the files read."""
+    where = f"data.source {files[0]!r}{' (and others)' if len(files) > 1 else ''}"
     seen: BaseException | None = err
-    while seen is not None:
+    while seen is not None:  # Ray may chain the original, or only carry its text
         if isinstance(seen, DataError):
-            message = str(seen).strip().splitlines()[-1].removeprefix("raylane.errors.DataError: ")
-            return DataError(f"data.source {files[0]!r}{' (and others)' if len(files) > 1 else ''}: "
-                             f"{message}")
+            return DataError(f"{where}: {str(seen).strip().splitlines()[-1]}")
+        for line in str(seen).splitlines():
+            if "DataError: " in line:
+                return DataError(f"{where}: {line.split('DataError: ', 1)[1].strip()}")
         seen = seen.__cause__ or seen.__context__
     text = str(err).strip().splitlines()
     return DataError(f"cannot read {files[0]!r}: {text[-1] if text else type(err).__name__}")

@@ -155,6 +155,8 @@ class ModelServer:
 
     @app.get("/v1/models/{name}")
     def v1_model_status(self, name: str) -> dict[str, Any]:
+        if name.endswith(":predict"):
+            raise StarletteHTTPException(405, "use POST for :predict", headers={"Allow": "POST"})
         model = self._model(name)  # KServe V1 readiness: 200 once the model is loaded
         return {"name": model.name, "ready": True}
 
