@@ -3,6 +3,7 @@ stay in sync, and a worker killed with SIGKILL resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -35,37 +36,59 @@ def test_two_workers_form_one_strategy_with_identical_weights(prepared, tmp_path
     assert epoch == 1 and spec.input_dim == 64 and model.output_shape == (None, 10)
 
 
-def _train_workers() -> list[int]:
+def _train_workers(since: float) -> list[int]:
+    """Returns the pids of the live Train workers started after `since` (the State API can still
+    list the workers of an earlier run as alive for a moment)."""
+    import psutil
     from ray.util.state import list_actors
 
     actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    return [a.pid for a in actors]
+    pids = []
+    for actor in actors:
+        try:
+            if psutil.Process(actor.pid).create_time() >= since:
+                pids.append(actor.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+def _registered_epochs(snapshot) -> list[int]:
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [r["metrics"]["epoch"] for r in results]
 
 
 def test_worker_killed_with_sigkill_resumes_from_last_checkpoint(prepared, tmp_path) -> None:
     cfg = load_config(None, [*TF, "train.epochs=12", "train.max_failures=2"])
     trainer = build_trainer(cfg, {"lr": 0.01}, prepared, name="kill", storage_path=str(tmp_path))
     outcome: dict = {}
+    started = time.time()
     thread = threading.Thread(target=lambda: outcome.update(result=trainer.fit()), daemon=True)
     thread.start()
 
-    run_dir = tmp_path / "kill"
+    # Wait until Ray Train has *registered* a checkpoint (its manager snapshot lists it): a
+    # checkpoint directory on disk that the controller has not ingested yet is not resumable.
+    snapshot = tmp_path / "kill" / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait for two checkpoints, then kill mid-training
-        checkpoints = [p for p in run_dir.glob("checkpoint_2*") if p.is_dir()]
-        if len(checkpoints) >= 2 and len(_train_workers()) == 2:
+    while time.monotonic() < deadline:
+        registered = _registered_epochs(snapshot)
+        if registered and max(registered) >= 1 and len(_train_workers(started)) == 2:
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     else:
-        pytest.fail("training did not reach its second checkpoint")
-    os.kill(_train_workers()[-1], signal.SIGKILL)
+        pytest.fail("training did not register a checkpoint")
+    victim = _train_workers(started)[-1]
+    os.kill(victim, signal.SIGKILL)
 
     thread.join(timeout=400)
     result = outcome["result"]
     assert result.error is None
+    assert victim not in _train_workers(started), "the killed worker is still listed"
     assert result.metrics["epoch"] == 11
-    # The checkpoint written just before the kill may not be committed yet: resuming from the
-    # one before it is still a resume. Starting from epoch 0 is not.
-    assert result.metrics["start_epoch"] >= 1, "the restarted workers started over from epoch 0"
+    assert result.metrics["start_epoch"] >= max(registered) + 1, (
+        f"resumed at epoch {result.metrics['start_epoch']}; epochs {registered} were registered")
     assert result.metrics["val_accuracy"] > 0.8
     assert result.metrics["num_replicas_in_sync"] == 2 and result.metrics["replica_weight_spread"] == 0
