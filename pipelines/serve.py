@@ -34,14 +34,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.stage("serve", f"{cfg.model.name} v{version} ({cfg.model.champion_alias})"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     progress.say(f"endpoint {url}/v1/models/{cfg.model.name}:predict  (docs: {url}/docs)")
-    if on_cluster:
-        progress.say("the endpoint keeps running on the cluster after this job exits")
-        return 0
-    if args.no_block:
-        progress.say("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
-        return 0
-    progress.say("serving in the foreground; press Ctrl-C to stop")
-    deploy.serve_until_interrupted()
+    deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
     return 0
 
 

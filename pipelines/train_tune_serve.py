@@ -88,14 +88,7 @@ def run(args: argparse.Namespace) -> int:
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     progress.say(f"endpoint {url}/v1/models/{cfg.model.name}:predict  (docs: {url}/docs)")
     progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.input_dim))
-    if on_cluster:
-        progress.say("the endpoint keeps running on the cluster after this job exits")
-        return 0
-    if args.no_block:
-        progress.say("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
-        return 0
-    progress.say("serving in the foreground; press Ctrl-C to stop")
-    deploy.serve_until_interrupted()
+    deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
     return 0
 
 

@@ -43,6 +43,19 @@ def curl_example(url: str, model: ModelConfig, num_features: int) -> str:
             f"-H 'Content-Type: application/json' -d '{{\"instances\": [[{row}]]}}'")
 
 
+def keep_serving(*, on_cluster: bool, block: bool) -> None:
+    """Says how long the endpoint lives; on a local Ray with `block`, serves until Ctrl-C."""
+    from raylane import progress
+
+    if on_cluster:
+        progress.say("the endpoint keeps running on the cluster after this job exits")
+    elif not block:
+        progress.say("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
+    else:
+        progress.say("serving in the foreground; press Ctrl-C to stop")
+        serve_until_interrupted()
+
+
 def serve_until_interrupted() -> None:
     """Blocks until Ctrl-C or SIGTERM, then shuts Serve and Ray down cleanly."""
     import ray
