@@ -2,6 +2,8 @@
 
     raylane run   --config pipelines/configs/digits_torch.yaml [--set train.epochs=5 ...]
     raylane serve --config pipelines/configs/digits_torch.yaml
+    raylane promote digits 7 [--force]
+    raylane rollback digits
 """
 
 from __future__ import annotations
@@ -57,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     """The `raylane` console script: `raylane run ...` and `raylane serve ...`."""
     commands = {"run": "pipelines.train_tune_serve", "serve": "pipelines.serve"}
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("promote", "rollback"):
+        from raylane import registry
+
+        return registry.main(argv[0], argv[1:])
     if not argv or argv[0] not in commands:
-        print("usage: raylane {run,serve} [--help] [options]\n\n"
-              "  run    data -> train -> tune -> MLflow -> register -> serve the champion\n"
-              "  serve  deploy the current champion from the registry, without training",
+        print("usage: raylane {run,serve,promote,rollback} [--help] [options]\n\n"
+              "  run       data -> train -> tune -> MLflow -> register -> serve the champion\n"
+              "  serve     deploy the current champion from the registry, without training\n"
+              "  promote   NAME VERSION: move the champion alias, gated on test_accuracy\n"
+              "  rollback  NAME: move the champion alias back to the previous champion",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_CONFIG_ERROR
     import importlib

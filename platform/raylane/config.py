@@ -172,17 +172,78 @@ class ModelConfig(_Section):
     """Registry alias of the version the endpoint serves."""
 
 
-class ServeConfig(_Section):
+class AutoscalingConfig(_Section):
+    min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas; 0 lets the deployment scale to zero (the first request then waits for a load)."""
+    max_replicas: int = Field(default=4, ge=1)
+    """Most replicas (each reserves `replica_cpus`)."""
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    """Requests in flight per replica that Serve's autoscaler aims for."""
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above "
+                             f"max_replicas ({self.max_replicas})")
+        return self
+
+
+class CanaryConfig(_Section):
+    alias: str = "challenger"
+    """Registry alias of the version that gets a share of the traffic."""
+    percent: float = Field(default=10, ge=0, le=100)
+    """Share of requests, in percent, answered by the canary version."""
+
+
+class AuthConfig(_Section):
+    token_env: str | None = None
+    """Environment variable (of the Ray processes) holding the accepted tokens, comma or space separated."""
+    token_file: str | None = None
+    """File (on the nodes) with one accepted token per line; '#' starts a comment. Re-read while serving."""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> AuthConfig:
+        if not self.token_env and not self.token_file:
+            raise ValueError("set token_env or token_file (or remove serve.auth to turn auth off)")
+        return self
+
+
+class ServingOptions(_Section):
+    """How the model deployment serves: shared by the pipeline config and `serve run` arguments."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    """Serve replicas of the model deployment (ignored when `autoscaling` is set)."""
+    autoscaling: AutoscalingConfig | None = None
+    """Let Serve scale the replicas between min and max by load; unset: a fixed `num_replicas`."""
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    """Requests a replica accepts at once (Ray's default of 5 makes the router back off)."""
+    replica_cpus: float = Field(default=0.5, gt=0)
+    """Logical CPUs each replica reserves."""
+    max_batch_size: int = Field(default=32, ge=1)
+    """Requests merged into one model call by dynamic batching (1 turns batching off)."""
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
+    """Longest a request waits for others to fill a batch."""
+    follow_alias: bool = True
+    """Switch to the version the alias points at when it moves, without a restart."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between registry checks of the aliases (and re-reads of the token file)."""
+    canary: CanaryConfig | None = None
+    """Send a percent of the traffic to another alias's version; unset: the champion answers all."""
+    auth: AuthConfig | None = None
+    """Require `Authorization: Bearer <token>` on every route but health and docs; unset: open."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body accepted; bigger ones get 413."""
+    access_log: bool = False
+    """Log one line per request in the replica logs (costs throughput; errors are always logged)."""
+
+
+class ServeConfig(ServingOptions):
     enabled: bool = True
     """Deploy the champion on Ray Serve at the end of the pipeline."""
     host: str = "127.0.0.1"
     """HTTP host of the Serve proxy."""
     port: int = Field(default=8000, ge=1, le=65535)
     """HTTP port of the Serve proxy."""
-    num_replicas: int = Field(default=1, ge=1)
-    """Serve replicas of the model deployment."""
-    max_ongoing_requests: int = Field(default=64, ge=1)
-    """Requests a replica accepts at once (Ray's default of 5 makes the router back off)."""
 
 
 class PipelineConfig(_Section):

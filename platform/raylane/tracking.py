@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from ray import tune
 
+from raylane import registry
 from raylane.config import ModelConfig, PipelineConfig, TrackingConfig, to_yaml
 from raylane.data import PreparedData
 from raylane.errors import ModelNotFoundError, RaylaneError
@@ -289,7 +290,7 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
         reason = (f"{TEST_METRIC} {model.test_accuracy:.4f} {verb} {cfg.champion_alias} "
                   f"v{current.version}'s {old:.4f}")
     if promoted:
-        client.set_registered_model_alias(cfg.name, cfg.champion_alias, version)
+        registry.move_alias(client, cfg.name, cfg.champion_alias, str(version), "promote", reason)
     decision = "promoted" if promoted else "kept"
     client.set_model_version_tag(cfg.name, version, "raylane.promotion", f"{decision}: {reason}")
     mlflow.set_tags({"raylane.model_version": version, "raylane.promotion": f"{decision}: {reason}"})
@@ -304,14 +305,9 @@ def _champion(client: Any, cfg: ModelConfig) -> Any | None:
     try:
         return client.get_model_version_by_alias(cfg.name, cfg.champion_alias)
     except MlflowException as err:
-        if _is_missing(err):
+        if registry.is_missing(err):
             return None
         raise
-
-
-def _is_missing(err: Exception) -> bool:
-    code = getattr(err, "error_code", "")
-    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(err).lower()
 
 
 def champion_version(tracking_uri: str, name: str, alias: str) -> str:
@@ -322,7 +318,7 @@ def champion_version(tracking_uri: str, name: str, alias: str) -> str:
     try:
         return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException as err:
-        if not _is_missing(err):
+        if not registry.is_missing(err):
             raise RaylaneError(f"cannot read model {name!r} from {tracking_uri}: {err}") from err
         raise ModelNotFoundError(
             f"no version of model {name!r} has the alias {alias!r} in {tracking_uri}; "

@@ -1,203 +1,346 @@
-"""The Ray Serve application: a FastAPI ingress over one registered model.
+"""The Ray Serve application: one deployment, three inference protocols, over a registered model.
 
-    POST /v1/models/{name}:predict   {"instances": [[...], ...]}  ->  {"predictions": [...]}
-    GET  /v2/health/live | /v2/health/ready | /v2/models/{name}
+    POST /v1/models/{name}:predict                      KServe V1
+    POST /v2/models/{name}[/versions/{version}]/infer   Open Inference Protocol (KServe V2, Triton)
+    POST /invocations                                   MLflow scoring protocol (`mlflow models serve`)
+    GET  /v2, /v2/health/live|ready, /v2/models/{name}[/versions/{version}][/ready], /ping, /health
+    GET  /docs, /openapi.json                           generated from the model's signature
 
-Every response carries `X-Model-Version`. Bad input gets a 4xx whose JSON names what was expected.
+Requests are merged by `@serve.batch` into one model call. Every response names the version that
+answered in `X-Model-Version`. Bad input gets a 4xx whose JSON `error` names what was expected.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real body types of the
 # route methods, or it takes the request model for a query parameter.
-import math
+import threading
+import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raylane.serving.model import LoadedModel, ServeArgs, load_from_registry
+from raylane import serving
+from raylane.serving import openapi
+from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
+from raylane.serving.metrics import ServingMetrics, protocol_of
+from raylane.serving.model import LoadedModel, ServeArgs
+from raylane.serving.protocols import (
+    BINARY_HEADER,
+    BadInput,
+    V1PredictRequest,
+    V1PredictResponse,
+    check_computable,
+    invocations_response,
+    parse_invocations,
+    parse_v2,
+    rows_to_matrix,
+    v2_matrix,
+    v2_response,
+)
+from raylane.serving.rollout import ModelSlot
 
 VERSION_HEADER = "X-Model-Version"
 
 app = FastAPI(
     title="raylane inference",
-    description="Predictions from the champion version of a model in the MLflow registry.",
+    description="Predictions from a model in the MLflow registry, by KServe V1, the Open Inference "
+                "Protocol (V2) and MLflow's scoring protocol. Every response carries X-Model-Version.",
     version="1",
 )
 
-Number = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None,
+                extra: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=headers)
 
 
-class V1PredictRequest(BaseModel):
-    """KServe V1 predict request: rows of raw feature values, in the model's column order."""
+class ServingMiddleware:
+    """Auth, body limit, metrics and the version header, as plain ASGI (no per-request task)."""
 
-    model_config = ConfigDict(extra="forbid")
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
-    instances: list[list[Number] | dict[str, Number]] = Field(min_length=1)
-    """Rows: lists of numbers in feature order, or objects mapping feature name to value."""
-    return_probabilities: bool = False
-    """Return class probabilities instead of class labels."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = serving.REPLICA.get("server")
+        if scope["type"] != "http" or server is None:
+            await self.app(scope, receive, send)
+            return
+        path, start = scope["path"], time.perf_counter()
+        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
+        if path == "/openapi.json":  # FastAPI's document, completed with what the model knows
+            await JSONResponse(server.openapi_schema())(scope, receive, send)
+            return
+        status_seen = {"status": 500, "version": server.slot.champion.version}
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_seen["status"] = message["status"]
+                raw = message.setdefault("headers", [])
+                given = [v for k, v in raw if k.lower() == b"x-model-version"]
+                if given:
+                    status_seen["version"] = given[0].decode()
+                else:
+                    raw.append((b"x-model-version", status_seen["version"].encode()))
+            await send(message)
+
+        try:
+            refusal = self._refuse(server, path, headers)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_version)
+                return
+            await self.app(scope, self._limited(receive, server.args.max_body_bytes), send_with_version)
+        finally:
+            server.metrics.request(status_seen["version"], protocol_of(path), status_seen["status"],
+                                   time.perf_counter() - start)
+
+    @staticmethod
+    def _refuse(server: "ModelServer", path: str, headers: dict[str, str]) -> Response | None:
+        if server.auth is not None and path not in OPEN_PATHS:
+            reason = server.auth.check(headers.get("authorization"))
+            if reason is not None:
+                challenge = CHALLENGE + (', error="invalid_token"' if "authorization" in headers else "")
+                return _json_error(401, reason, {"WWW-Authenticate": challenge})
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > server.args.max_body_bytes:
+            return _json_error(413, f"request body of {length} bytes is over the limit of "
+                                    f"{server.args.max_body_bytes} (serve.max_body_bytes)")
+        return None
+
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
+        seen = 0
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, f"request body is over the limit of {limit} bytes "
+                                                      "(serve.max_body_bytes)")
+            return message
+
+        return receive_limited
 
 
-class V1PredictResponse(BaseModel):
-    predictions: list[Any]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-    parameters: dict[str, Any] = {}
-
-
-class BadInput(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-@app.middleware("http")
-async def _add_model_version(request: Request, call_next: Callable) -> Any:
-    response = await call_next(request)
-    version = getattr(request.app.state, "model_version", None)
-    if version is not None:
-        response.headers[VERSION_HEADER] = version
-    return response
+app.add_middleware(ServingMiddleware)
 
 
 @app.exception_handler(BadInput)
 async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return _json_error(exc.status, exc.message, extra=exc.extra)
 
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _json_error(400, f"malformed JSON: {errors[0].get('ctx', {}).get('error', 'cannot parse')}")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in errors]
-    return JSONResponse({"error": f"{where}: {first['msg']}", "detail": detail}, status_code=422)
+    return _json_error(422, f"{where}: {first['msg']}", extra={"detail": detail})
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))  # e.g. Allow on a 405
+    return _json_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-def _rows_to_matrix(instances: list[Any], columns: list[str]) -> np.ndarray:
-    """Returns the rows as a float matrix in column order; BadInput naming the first bad row."""
-    width = len(columns)
-    matrix = np.empty((len(instances), width), dtype=np.float64)
-    for i, row in enumerate(instances):
-        if isinstance(row, dict):
-            missing = [c for c in columns if c not in row]
-            extra = [c for c in row if c not in columns]
-            if missing or extra:
-                problem = f"missing {missing[:3]}" if missing else f"unknown {extra[:3]}"
-                raise BadInput(400, f"instances[{i}]: {problem}; expected the {width} feature names "
-                                    f"{columns[0]}..{columns[-1]}")
-            row = [row[c] for c in columns]
-        if len(row) != width:
-            raise BadInput(400, f"instances[{i}] has {len(row)} values; the model expects {width} "
-                                f"numbers ({columns[0]}..{columns[-1]})")
-        if not all(math.isfinite(v) for v in row):
-            raise BadInput(400, f"instances[{i}]: values must be finite numbers")
-        matrix[i] = row
-    return matrix
+def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = None) -> Response:
+    headers = {"content-type": "application/json", **(headers or {}), VERSION_HEADER: model.version}
+    return Response(body, headers=headers)
 
 
 @serve.deployment
 @serve.ingress(app)
 class ModelServer:
-    """One replica: loads the model once, then answers the HTTP routes."""
+    """One replica: holds the champion (and canary), follows the registry, answers the routes."""
 
-    def __init__(self, args: ServeArgs, loader: Callable[[ServeArgs], LoadedModel] = load_from_registry):
+    def __init__(self, args: ServeArgs, loader: Callable[..., LoadedModel] | None = None):
         self.args = args
-        self.model = loader(args)
-        app.state.model_version = self.model.version
+        self.metrics = ServingMetrics(args.model_name)
+        extra = {} if loader is None else {"loader": loader}
+        self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds), **extra)
+        self.auth = TokenAuth(args.auth) if args.auth else None
+        self._predict_batch.set_max_batch_size(args.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        if args.follows or args.canary or args.auth:
+            self.slot.follow(also=self.auth.reload if self.auth else None)
+        self._lock = threading.Lock()
+        self._openapi: tuple[str, dict[str, Any]] | None = None
+        serving.REPLICA["server"] = self
 
-    @app.get("/", include_in_schema=False)
-    def index(self) -> dict[str, Any]:
-        name = self.model.name
-        return {"model": name, "version": self.model.version, "docs": "/docs",
-                "predict": f"/v1/models/{name}:predict", "metadata": f"/v2/models/{name}"}
+    # --- model calls ----------------------------------------------------------------------------------
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
+        """One model call per version for the whole batch; returns each request's probabilities."""
+        results: list[np.ndarray | None] = [None] * len(items)
+        for version in {model.version for model, _ in items}:
+            members = [i for i, (model, _) in enumerate(items) if model.version == version]
+            model = items[members[0]][0]
+            rows = np.concatenate([items[i][1] for i in members])
+            probabilities = model.predict_proba(rows)
+            self.metrics.batch(version, len(rows))
+            offset = 0
+            for i in members:
+                n = len(items[i][1])
+                results[i], offset = probabilities[offset:offset + n], offset + n
+        return results  # type: ignore[return-value]
 
-    @app.get("/v2/health/live")
+    async def _probabilities(self, model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+        probabilities = await self._predict_batch((model, rows))
+        check_computable(probabilities)
+        return probabilities
+
+    # --- KServe V1 ------------------------------------------------------------------------------------
+    @app.post("/v1/models/{name}:predict", response_model=V1PredictResponse, tags=["KServe V1"])
+    async def predict(self, name: str, request: V1PredictRequest) -> Response:
+        """Class labels (or probabilities) for rows of raw feature values."""
+        model = self._pick(name)
+        rows = rows_to_matrix(request.instances, model.feature_columns)
+        probabilities = await self._probabilities(model, rows)
+        predictions = probabilities.tolist() if request.return_probabilities else \
+            model.labels(probabilities).tolist()
+        return _answer(V1PredictResponse(predictions=predictions).model_dump_json().encode(), model)
+
+    @app.get("/v1/models/{name}", tags=["KServe V1"])
+    def v1_model_status(self, name: str) -> dict[str, Any]:
+        """KServe V1 readiness: 200 once the model is loaded."""
+        if name.endswith(":predict"):
+            raise StarletteHTTPException(405, "use POST for :predict", headers={"Allow": "POST"})
+        model = self._model(name)
+        return {"name": model.name, "ready": True}
+
+    # --- Open Inference Protocol (V2) -----------------------------------------------------------------
+    @app.post("/v2/models/{name}/infer", tags=["Open Inference Protocol (V2)"],
+              openapi_extra=openapi.V2_INFER_EXTRA)
+    async def infer(self, name: str, request: Request) -> Response:
+        """Inference on the serving version (champion, or the canary for its share of requests)."""
+        return await self._infer(self._pick(name), request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["Open Inference Protocol (V2)"],
+              openapi_extra=openapi.V2_INFER_EXTRA)
+    async def infer_version(self, name: str, version: str, request: Request) -> Response:
+        """Inference on one version held by this endpoint (the champion or the canary)."""
+        return await self._infer(self._version(name, version), request)
+
+    async def _infer(self, model: LoadedModel, request: Request) -> Response:
+        body = await request.body()
+        infer_request, binary = parse_v2(body, request.headers.get(BINARY_HEADER))
+        rows = v2_matrix(infer_request, binary, model)
+        probabilities = await self._probabilities(model, rows)
+        content, headers = v2_response(infer_request, model, probabilities)
+        return _answer(content, model, headers)
+
+    @app.get("/v2", tags=["Open Inference Protocol (V2)"])
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "raylane", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", tags=["Health"])
     def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready")
+    @app.get("/v2/health/ready", tags=["Health"])
     def ready(self) -> dict[str, bool]:
         return {"ready": True}  # a replica only takes traffic once __init__ has loaded the model
 
-    @app.get("/v2")
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": "raylane", "version": "1", "extensions": []}
+    @app.get("/v2/models/{name}", response_model=openapi.ModelMetadata, tags=["Open Inference Protocol (V2)"])
+    def metadata(self, name: str) -> Response:
+        return self._metadata(self._model(name))
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}", response_model=openapi.ModelMetadata,
+             tags=["Open Inference Protocol (V2)"])
+    def version_metadata(self, name: str, version: str) -> Response:
+        return self._metadata(self._version(name, version))
+
+    @app.get("/v2/models/{name}/ready", tags=["Open Inference Protocol (V2)"])
     def model_ready(self, name: str) -> dict[str, Any]:
-        model = self._model(name)
-        return {"name": model.name, "ready": True}
+        return {"name": self._model(name).name, "ready": True}
 
-    @app.get("/v1/models/{name}")
-    def v1_model_status(self, name: str) -> dict[str, Any]:
-        if name.endswith(":predict"):
-            raise StarletteHTTPException(405, "use POST for :predict", headers={"Allow": "POST"})
-        model = self._model(name)  # KServe V1 readiness: 200 once the model is loaded
-        return {"name": model.name, "ready": True}
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["Open Inference Protocol (V2)"])
+    def version_ready(self, name: str, version: str) -> dict[str, Any]:
+        return {"name": name, "version": self._version(name, version).version, "ready": True}
 
-    @app.get("/v2/models/{name}", response_model=ModelMetadata)
-    def metadata(self, name: str) -> ModelMetadata:
-        model = self._model(name)
-        label_type = "INT64" if all(isinstance(c, int) for c in model.classes) else "BYTES"
-        return ModelMetadata(
-            name=model.name, versions=[model.version], platform=f"mlflow-pyfunc/{model.framework}",
-            inputs=[TensorMetadata(name="features", datatype="FP64",
-                                   shape=[-1, len(model.feature_columns)])],
-            outputs=[TensorMetadata(name="predictions", datatype=label_type, shape=[-1])],
-            parameters={"feature_names": model.feature_columns, "classes": model.classes},
-        )
+    def _metadata(self, model: LoadedModel) -> Response:
+        body = openapi.model_metadata(model, self.slot.loaded()).model_dump_json().encode()
+        return _answer(body, model)
 
-    @app.post("/v1/models/{name}:predict", response_model=V1PredictResponse)
-    def predict(self, name: str, request: V1PredictRequest) -> V1PredictResponse:
-        model = self._model(name)
-        rows = _rows_to_matrix(request.instances, model.feature_columns)
-        labels, probabilities = model.predict(rows)
-        bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
-        if bad.size:  # values so large that the network overflowed: no answer beats a wrong one
-            raise BadInput(400, f"instances{bad[:5].tolist()}: values out of the range the model "
-                                "can compute with (the network overflowed); send raw feature values")
-        if request.return_probabilities:
-            return V1PredictResponse(predictions=probabilities.tolist())
-        return V1PredictResponse(predictions=labels)
+    # --- MLflow scoring protocol ----------------------------------------------------------------------
+    @app.post("/invocations", tags=["MLflow scoring"], openapi_extra=openapi.INVOCATIONS_EXTRA)
+    async def invocations(self, request: Request) -> Response:
+        """Drop-in for `mlflow models serve`: same request formats, same `{"predictions": ...}`."""
+        model = self._pick(self.args.model_name)
+        rows, params = parse_invocations(await request.body(), request.headers.get("content-type"), model)
+        probabilities = await self._probabilities(model, rows)
+        return _answer(invocations_response(model, probabilities, params), model)
 
+    @app.get("/ping", tags=["Health"])
+    def ping(self) -> Response:
+        return Response("\n", media_type="application/json")  # as `mlflow models serve`
+
+    @app.get("/health", tags=["Health"])
+    def health(self) -> Response:
+        return Response("\n", media_type="application/json")
+
+    @app.get("/", include_in_schema=False)
+    def index(self) -> dict[str, Any]:
+        name = self.args.model_name
+        return {"model": name, "versions": self.slot.loaded(), "docs": "/docs",
+                "v1": f"/v1/models/{name}:predict", "v2": f"/v2/models/{name}/infer",
+                "mlflow": "/invocations", "metadata": f"/v2/models/{name}"}
+
+    # --- deploy-time introspection (called through a DeploymentHandle, not HTTP) ---------------------
+    def describe(self) -> dict[str, Any]:
+        """The arguments this replica runs with and the versions it holds."""
+        return {"args": self.args.model_dump(mode="json"), "versions": self.slot.loaded()}
+
+    def openapi_schema(self) -> dict[str, Any]:
+        if self._openapi is None or self._openapi[0] != self.slot.champion.version:
+            self._openapi = (self.slot.champion.version, openapi.schema(app, self.args, self.slot.champion))
+        return self._openapi[1]
+
+    def check_registry(self) -> dict[str, str]:
+        """Checks the aliases now instead of at the next poll; returns the versions held."""
+        with self._lock:
+            self.slot.refresh()
+        return self.slot.loaded()
+
+    # --- lookups ------------------------------------------------------------------------------------
     def _model(self, name: str) -> LoadedModel:
-        if name != self.model.name:
-            raise BadInput(404, f"model {name!r} not found; this endpoint serves {self.model.name!r}")
-        return self.model
+        if name != self.args.model_name:
+            raise BadInput(404, f"model {name!r} not found; this endpoint serves {self.args.model_name!r}")
+        return self.slot.champion
+
+    def _pick(self, name: str) -> LoadedModel:
+        self._model(name)
+        return self.slot.pick()
+
+    def _version(self, name: str, version: str) -> LoadedModel:
+        self._model(name)
+        model = self.slot.find(version)
+        if model is None:
+            held = ", ".join(f"{v} ({role})" for v, role in self.slot.loaded().items())
+            raise BadInput(404, f"version {version!r} of {name!r} is not served here; loaded: {held}")
+        return model
 
 
-def build_app(args: ServeArgs | dict[str, Any],
-              loader: Callable[[ServeArgs], LoadedModel] = load_from_registry) -> Any:
+def build_app(args: ServeArgs | dict[str, Any], loader: Callable[..., LoadedModel] | None = None) -> Any:
     """Returns the Serve application for `args`; `serve run` and `serve deploy` call this."""
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": args.autoscaling.model_dump()} if args.autoscaling
+        else {"num_replicas": args.num_replicas})
     return ModelServer.options(
         name=f"{args.model_name}-model",
-        num_replicas=args.num_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options={"num_cpus": args.replica_cpus},
+        logging_config={"enable_access_log": args.access_log},
+        **scaling,
     ).bind(args, loader)

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from raylane.config import ModelConfig, ServeConfig
+from raylane.config import ModelConfig, ServeConfig, ServingOptions
 from raylane.serving.model import ServeArgs
 from raylane.tracking import champion_version
 
@@ -19,22 +19,66 @@ def app_name(model: ModelConfig) -> str:
     return APP_NAME
 
 
+def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> ServeArgs:
+    """The Serve application's arguments for the pipeline's serve section."""
+    options = serve_cfg.model_dump(include=set(ServingOptions.model_fields))
+    return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri, **options)
+
+
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
-    """Deploys (or updates) the Serve application for the model's champion; returns its base URL."""
+    """Deploys the Serve application for the model's champion; returns its base URL.
+
+    If the same application already runs and follows the alias, it is left running: its replicas
+    load the new champion beside the old one and switch without a restart or a failed request.
+    """
     from ray import serve
 
     from raylane.serving.app import build_app
 
     version = champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, clearly
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    args = ServeArgs(
-        model_name=model.name, alias=model.champion_alias, version=version, tracking_uri=tracking_uri,
-        num_replicas=serve_cfg.num_replicas, max_ongoing_requests=serve_cfg.max_ongoing_requests,
-    )
-    # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
-    serve.run(build_app(args), name=app_name(model), route_prefix="/", blocking=False)
+    args = serve_args(serve_cfg, model, tracking_uri)
+    if not (args.follows and _switch_running_app(args, version)):
+        # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
+        serve.run(build_app(args), name=app_name(model), route_prefix="/", blocking=False)
     host = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::") else serve_cfg.host
     return f"http://{host}:{serve_cfg.port}"
+
+
+def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -> bool:
+    """True if a running app with these arguments now serves `version`; False to redeploy."""
+    from ray import serve
+
+    from raylane import progress
+
+    try:
+        handle = serve.get_app_handle(APP_NAME)
+        running = handle.describe.remote().result(timeout_s=30)
+    except Exception:  # not deployed, or another kind of app: deploy afresh
+        return False
+    if running.get("args") != args.model_dump(mode="json"):
+        return False
+    progress.say(f"the endpoint already follows {args.model_name}@{args.alias}: switching to v{version} "
+                 "in place (new version loaded and warmed up before it takes traffic)")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = handle.check_registry.remote().result(timeout_s=timeout_s)
+        if version in held and held[version] == args.alias:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def metrics_address() -> str | None:
+    """Returns the Prometheus scrape address of this node's Ray metrics agent (raylane's metrics and
+    Serve's), None if the node exports none."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("NodeManagerAddress") == here and node.get("MetricsExportPort"):
+            return f"http://{here}:{node['MetricsExportPort']}/metrics"
+    return None
 
 
 def curl_example(url: str, model: ModelConfig, num_features: int) -> str:

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from raylane.config import ServingOptions
+
+# MLflow column types -> Open Inference Protocol datatypes.
+V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
+                "boolean": "BOOL", "string": "BYTES", "binary": "BYTES"}
 
 
-class ServeArgs(BaseModel):
+class ServeArgs(ServingOptions):
     """Arguments of the Serve application (`serve run serve_apps.champion:app key=value ...`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     model_name: str = "digits"
     """Registered model to serve; also the {name} in the endpoint URLs."""
     alias: str = "champion"
     """Registry alias whose version is served (when `version` is unset)."""
     version: str | None = None
-    """Exact version to serve; the pipeline pins it so every replica serves the same one."""
+    """Exact version to serve, never switching; unset: the alias's version, followed as it moves."""
     tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", ""),
                               min_length=1)
     """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL); required."""
-    num_replicas: int = Field(default=1, ge=1)
-    """Replicas of the model deployment."""
-    max_ongoing_requests: int = Field(default=64, ge=1)
-    """Requests one replica accepts at once."""
-    replica_cpus: float = Field(default=0.5, gt=0)
-    """Logical CPUs each replica reserves."""
+
+    @property
+    def follows(self) -> bool:
+        return self.version is None and self.follow_alias
 
 
 @dataclass(frozen=True)
@@ -43,28 +46,73 @@ class LoadedModel:
     classes: list[Any]
     predict_proba: Callable[[np.ndarray], np.ndarray]
     framework: str = "torch"
+    input_datatypes: list[str] = field(default_factory=list)
+    """V2 datatype of each feature column, from the MLflow signature."""
+    example: list[list[float]] = field(default_factory=list)
+    """A few raw input rows from the logged input example (docs and warm-up)."""
+    pyfunc: Any = None
+    """The MLflow PyFuncModel, for its signature (the /invocations schema checks)."""
+    load_seconds: float = 0.0
+
+    @property
+    def label_datatype(self) -> str:
+        return "INT64" if all(isinstance(c, int | np.integer) for c in self.classes) else "BYTES"
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes)[probabilities.argmax(axis=1)]
 
     def predict(self, rows: np.ndarray) -> tuple[list[Any], np.ndarray]:
         """Returns (class labels, probabilities) for raw feature rows in column order."""
         probabilities = self.predict_proba(rows)
-        labels = [self.classes[i] for i in probabilities.argmax(axis=1)]
-        return labels, probabilities
+        return self.labels(probabilities).tolist(), probabilities
+
+    def warm_up(self) -> None:
+        """Runs the example through the network once, so the first real request is not the slow one."""
+        rows = np.asarray(self.example or [[0.0] * len(self.feature_columns)], dtype=np.float64)
+        self.predict_proba(rows)
 
 
-def load_from_registry(args: ServeArgs) -> LoadedModel:
-    """Returns the model version the alias points at, loaded through MLflow pyfunc."""
+def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
+    """Returns one registered version, loaded through MLflow pyfunc and warmed up."""
     import mlflow.pyfunc
-
-    from raylane.tracking import champion_version
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
-    mlflow.set_tracking_uri(args.tracking_uri)
-    version = args.version or champion_version(args.tracking_uri, args.model_name, args.alias)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{args.model_name}/{version}")
+    mlflow.set_tracking_uri(tracking_uri)
+    start = time.perf_counter()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     inner = pyfunc.unwrap_python_model()
-    return LoadedModel(
-        name=args.model_name, version=version, feature_columns=list(inner.feature_columns),
-        classes=list(inner.classes), predict_proba=inner.predict_proba,
-        framework=getattr(inner, "framework", "unknown"),
+    columns = list(inner.feature_columns)
+    model = LoadedModel(
+        name=name, version=str(version), feature_columns=columns, classes=list(inner.classes),
+        predict_proba=inner.predict_proba, framework=getattr(inner, "framework", "unknown"),
+        input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns),
+        pyfunc=pyfunc,
     )
+    model.warm_up()
+    return replace(model, load_seconds=time.perf_counter() - start)
+
+
+def _input_datatypes(pyfunc: Any, columns: list[str]) -> list[str]:
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return ["FP64"] * len(columns)
+    types = dict(zip(schema.input_names(), (str(t.name if hasattr(t, "name") else t)
+                                            for t in schema.input_types()), strict=False))
+    return [V2_DATATYPES.get(types.get(c, "double"), "FP64") for c in columns]
+
+
+def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[float]]:
+    try:
+        example = pyfunc.input_example
+    except Exception:  # an example that fails to load only costs the docs their sample
+        return []
+    if example is None:
+        return []
+    try:
+        import pandas as pd
+
+        frame = example if isinstance(example, pd.DataFrame) else pd.DataFrame(example)
+        return frame[columns].head(3).to_numpy(dtype=np.float64).tolist()
+    except (KeyError, ValueError, TypeError):
+        return []
