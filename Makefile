@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve test test-fast lint bench mlflow-ui clean venv
+.PHONY: run run-tf serve test test-fast lint bench bench-serve mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ lint: venv
 
 bench: venv  ## side-by-side measurements; each prints ratio=...
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.train_tf $(ARGS)
+
+bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
 mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     on_cluster = cluster.connect(cfg)
     with progress.stage("serve", f"{cfg.model.name} v{version} ({cfg.model.champion_alias})"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
-    progress.say(f"endpoint {url}/v1/models/{cfg.model.name}:predict  (docs: {url}/docs)")
+    deploy.announce(url, cfg.model)
     deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
     return 0
 

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with progress.stage("serve", f"{cfg.model.name}@{cfg.model.champion_alias}"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
-    progress.say(f"endpoint {url}/v1/models/{cfg.model.name}:predict  (docs: {url}/docs)")
+    deploy.announce(url, cfg.model)
     progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.input_dim))
     deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
     return 0

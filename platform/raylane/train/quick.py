@@ -1,0 +1,48 @@
+"""A model in seconds, without Ray Train: one process, plain PyTorch, the pipeline's formats.
+
+For the serving tests and benchmarks, which need real registered models but not a tuning run:
+the checkpoint is written by the training loop's own `save_checkpoint`, then logged and gated by
+`tracking.log_best_model` and `register_if_better` exactly as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from raylane.config import ModelConfig
+
+
+def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs: int, hidden: int,
+                       layers: int = 1, seed: int = 0) -> Any:
+    """Trains an MLP on the train split, logs it in a new MLflow run, runs the champion gate;
+    returns the gate's Promotion. MLflow must already point at the store and experiment."""
+    import mlflow
+    import torch
+
+    from raylane import tracking
+    from raylane.train.model import ModelSpec, build_mlp
+    from raylane.train.torch_loop import save_checkpoint
+
+    torch.manual_seed(seed)
+    batch = prepared.train.take_batch(prepared.train.count(), batch_format="numpy")
+    x = torch.from_numpy(np.stack(batch["features"]).astype(np.float32))
+    y = torch.from_numpy(batch["label"].astype(np.int64))
+    spec = ModelSpec(input_dim=x.shape[1], num_classes=len(prepared.classes), hidden_size=hidden,
+                     num_layers=layers, dropout=0.0)
+    net = build_mlp(spec)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(epochs):
+        for i in range(0, len(x), 64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+            optimizer.step()
+    checkpoint = os.path.join(directory, f"checkpoint-{seed}")
+    os.makedirs(checkpoint, exist_ok=True)
+    save_checkpoint(checkpoint, net, optimizer, epochs - 1, spec)
+    with mlflow.start_run(run_name=f"quick-{model.name}-{seed}"):
+        params = {"hidden_size": hidden, "num_layers": layers, "epochs": epochs}
+        logged = tracking.log_best_model(checkpoint, prepared, params, 0.0, "torch")
+        return tracking.register_if_better(model, logged)
