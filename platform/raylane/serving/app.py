@@ -12,7 +12,6 @@ answered in `X-Model-Version`. Bad input gets a 4xx whose JSON `error` names wha
 
 # No `from __future__ import annotations` here: FastAPI must see the real body types of the
 # route methods, or it takes the request model for a query parameter.
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,7 +172,6 @@ class ModelServer:
         self._predict_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         if args.follows or args.canary or args.auth:
             self.slot.follow(also=self.auth.reload if self.auth else None)
-        self._lock = threading.Lock()
         self._openapi: tuple[str, dict[str, Any]] | None = None
         serving.REPLICA["server"] = self
 
@@ -308,8 +306,7 @@ class ModelServer:
 
     def check_registry(self) -> dict[str, str]:
         """Checks the aliases now instead of at the next poll; returns the versions held."""
-        with self._lock:
-            self.slot.refresh()
+        self.slot.refresh()
         return self.slot.loaded()
 
     # --- lookups ------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class ModelSlot:
         self.split = TrafficSplit(args.canary.percent if args.canary else 0.0)
         if args.canary:
             self.canary = self._load_alias(args.canary.alias)
-        self._stop = threading.Event()
+        self._stop, self._refresh_lock = threading.Event(), threading.Lock()
 
     # --- answering -------------------------------------------------------------------------------
     def pick(self) -> LoadedModel:
@@ -89,6 +89,10 @@ class ModelSlot:
     # --- following the registry --------------------------------------------------------------------
     def refresh(self) -> bool:
         """Checks the aliases once; loads and swaps in what moved. Returns True if anything changed."""
+        with self._refresh_lock:  # the poller and a deploy-time check never load the same version twice
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         changed = False
         if self.args.follows:
             version = alias_version(self.args.tracking_uri, self.args.model_name, self.args.alias)
