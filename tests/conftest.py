@@ -47,3 +47,39 @@ def serve_port() -> int:
 @pytest.fixture
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+# A registry with real models for the serving and fault tests, trained in-process in seconds
+# through the pipeline's own path (`raylane.train.quick`): `data.prepare`, a checkpoint in the
+# training loop's format, `tracking.log_best_model` and the champion gate. Only Ray Train and Tune
+# are skipped, which the e2e tests cover.
+@pytest.fixture(scope="session")
+def registry(ray_local, tmp_path_factory):
+    """An sqlite registry with `digits` v1 (champion) and v2 (challenger), both real models."""
+    import logging
+
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+    from raylane import data, tracking
+    from raylane.config import DataConfig, ModelConfig
+    from raylane.train.quick import train_and_register
+
+    model = ModelConfig(name="digits")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-tests")
+    prepared = data.prepare(DataConfig(source="sklearn:digits"), str(tmp / "storage"))
+    first = train_and_register(prepared, str(tmp), model, epochs=3, hidden=32, seed=1)
+    second = train_and_register(prepared, str(tmp), model, epochs=1, hidden=16, seed=2)
+    client = MlflowClient(uri)
+    champion = tracking.champion_version(uri, "digits", "champion")
+    challenger = second.version if champion == first.version else first.version
+    client.set_registered_model_alias("digits", "challenger", challenger)
+    batch = prepared.test.take_batch(prepared.test.count(), batch_format="numpy")
+    rows = np.stack(batch["raw"]).astype(np.float64)
+    labels = np.asarray(prepared.classes)[batch["label"]]
+    return {"uri": uri, "tmp": tmp, "prepared": prepared, "rows": rows, "labels": labels,
+            "champion": champion, "challenger": challenger, "client": client}
