@@ -24,6 +24,7 @@ from raylane.errors import ModelNotFoundError, RaylaneError
 
 TEST_METRIC = "test_accuracy"
 HISTORY_LIMIT = 50
+HISTORY_CHARS = 4_500
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,14 @@ def read_history(client: Any, name: str, alias: str) -> list[dict[str, Any]]:
 def move_alias(client: Any, name: str, alias: str, version: str, action: str, reason: str) -> Move:
     """Points the alias at `version` and records the move on the version and the model."""
     previous = alias_version(client, name, alias)
-    client.set_registered_model_alias(name, alias, version)
     entry = {"version": str(version), "previous": previous, "action": action, "reason": reason,
              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": _who()}
     history = (read_history(client, name, alias) + [entry])[-HISTORY_LIMIT:]
+    while len(json.dumps(history)) > HISTORY_CHARS and len(history) > 1:
+        history.pop(0)  # MLflow stores a model tag in 5,000 characters; the oldest moves go first
+    # The record first: if it cannot be written, the alias has not moved either.
     client.set_registered_model_tag(name, history_tag(alias), json.dumps(history))
+    client.set_registered_model_alias(name, alias, version)
     return Move(str(version), previous, reason)
 
 
@@ -116,7 +120,11 @@ def rollback(client: Any, name: str, alias: str = "champion") -> Move:
     current = alias_version(client, name, alias)
     if current is None:
         raise ModelNotFoundError(f"model {name!r} has no {alias!r} alias to roll back")
-    while stack and stack[-1] == current:
+    if stack and stack[-1] != current:
+        raise RaylaneError(f"{name}@{alias} is v{current}, but the last recorded move made it v{stack[-1]}: "
+                           "it was moved outside raylane, so there is no recorded move to undo; "
+                           f"use `raylane promote {name} <version>`")
+    if stack:
         stack.pop()
     if not stack:
         raise RaylaneError(f"no earlier {alias} of {name!r} is recorded to roll back to "

@@ -171,6 +171,30 @@ def test_invocations_answers_what_mlflow_models_serve_answers(endpoint) -> None:
     assert ours.json() == mlflow_answer(endpoint, csv.encode(), "text/csv")
 
 
+@pytest.mark.parametrize("body", [
+    b'{"instances": [[' + b"1" * 400 + b"," + b"0," * 62 + b"0]]}",                 # overflows a double
+    b'{"dataframe_split": {"columns": [0, 1, 2], "data": [[1, 2, 3]]}}',          # integer names
+    b'{"inputs": {"pixel_0_0": [1, 2], "pixel_0_1": [1]}}',                       # unequal columns
+    b'{"inputs": [[[1.5, 2.5]]]}',                                                # 3-D
+    b"[" * 50_000 + b"]" * 50_000,                                                # deep nesting
+])
+def test_invocations_bad_bodies_are_400_in_mlflow_shape(endpoint, body) -> None:
+    response = endpoint["client"].post("/invocations", content=body,
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text[:500]
+    assert response.json()["error_code"] and response.json()["message"] == response.json()["error"]
+
+
+def test_invocations_empty_frame_and_unknown_params_like_mlflow(endpoint) -> None:
+    columns = endpoint["prepared"].feature_columns
+    empty = endpoint["client"].post("/invocations",
+                                    json={"dataframe_split": {"columns": columns, "data": []}})
+    assert empty.status_code == 200 and empty.json() == {"predictions": []}
+    extra = endpoint["client"].post("/invocations", json={"instances": [endpoint["rows"][0].tolist()],
+                                                          "params": {"unknown": 1}})
+    assert extra.status_code == 200 and len(extra.json()["predictions"]) == 1
+
+
 def test_invocations_errors_follow_mlflow(endpoint) -> None:
     client = endpoint["client"]
     bad = client.post("/invocations", json={"rows": [[0] * 64]})
@@ -183,6 +207,13 @@ def test_invocations_errors_follow_mlflow(endpoint) -> None:
 # --- auth, limits, docs ------------------------------------------------------------------------------
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def wait_for_status(url: str, body: dict, headers: dict[str, str], status: int) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.post(url, json=body, headers=headers).status_code != status:
+        assert time.monotonic() < deadline, f"never {status}"
+        time.sleep(0.5)
 
 
 def test_auth_401_with_challenge_open_health_and_rotation(endpoint) -> None:
@@ -210,6 +241,11 @@ def test_auth_401_with_challenge_open_health_and_rotation(endpoint) -> None:
     third = httpx.post(f"{url}/v1/models/digits:predict", json=body,
                        headers={"Authorization": "Bearer third-token-abcdefabcdef"})
     assert third.status_code == 200
+
+    endpoint["token_file"].write_text("")  # emptying the file revokes every token
+    wait_for_status(f"{url}/v1/models/digits:predict", body, bearer(TOKENS[1]), 401)
+    endpoint["token_file"].write_text(f"{TOKENS[1]}\n")
+    wait_for_status(f"{url}/v1/models/digits:predict", body, bearer(TOKENS[1]), 200)
     endpoint["client"].headers["Authorization"] = f"Bearer {TOKENS[1]}"
 
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,7 +71,8 @@ class ServingMiddleware:
         if scope["type"] != "http" or server is None:
             await self.app(scope, receive, send)
             return
-        path, start = scope["path"], time.perf_counter()
+        path, start = get_route_path(scope), time.perf_counter()  # without a route prefix
+        answering = serving.ANSWERING.set(None)
         headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
         if path == "/openapi.json":  # FastAPI's document, completed with what the model knows
             await JSONResponse(server.openapi_schema())(scope, receive, send)
@@ -85,6 +87,7 @@ class ServingMiddleware:
                 if given:
                     status_seen["version"] = given[0].decode()
                 else:
+                    status_seen["version"] = serving.ANSWERING.get() or status_seen["version"]
                     raw.append((b"x-model-version", status_seen["version"].encode()))
             await send(message)
 
@@ -95,6 +98,7 @@ class ServingMiddleware:
                 return
             await self.app(scope, self._limited(receive, server.args.max_body_bytes), send_with_version)
         finally:
+            serving.ANSWERING.reset(answering)
             server.metrics.request(status_seen["version"], protocol_of(path), status_seen["status"],
                                    time.perf_counter() - start)
 
@@ -276,6 +280,8 @@ class ModelServer:
         """Drop-in for `mlflow models serve`: same request formats, same `{"predictions": ...}`."""
         model = self._pick(self.args.model_name)
         rows, params = parse_invocations(await request.body(), request.headers.get("content-type"), model)
+        if not len(rows):  # an empty frame: MLflow answers with empty predictions
+            return _answer(b'{"predictions":[]}', model)
         probabilities = await self._probabilities(model, rows)
         return _answer(invocations_response(model, probabilities, params), model)
 
@@ -290,7 +296,7 @@ class ModelServer:
     @app.get("/", include_in_schema=False)
     def index(self) -> dict[str, Any]:
         name = self.args.model_name
-        return {"model": name, "versions": self.slot.loaded(), "docs": "/docs",
+        return {"status": "alive", "model": name, "versions": self.slot.loaded(), "docs": "/docs",
                 "v1": f"/v1/models/{name}:predict", "v2": f"/v2/models/{name}/infer",
                 "mlflow": "/invocations", "metadata": f"/v2/models/{name}"}
 
@@ -317,7 +323,9 @@ class ModelServer:
 
     def _pick(self, name: str) -> LoadedModel:
         self._model(name)
-        return self.slot.pick()
+        model = self.slot.pick()
+        serving.ANSWERING.set(model.version)
+        return model
 
     def _version(self, name: str, version: str) -> LoadedModel:
         self._model(name)
@@ -325,6 +333,7 @@ class ModelServer:
         if model is None:
             held = ", ".join(f"{v} ({role})" for v, role in self.slot.loaded().items())
             raise BadInput(404, f"version {version!r} of {name!r} is not served here; loaded: {held}")
+        serving.ANSWERING.set(model.version)
         return model
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 
@@ -19,6 +20,7 @@ from raylane.errors import ConfigError
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health", "/-/healthz",
                         "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 CHALLENGE = 'Bearer realm="raylane"'
+log = logging.getLogger("ray.serve")
 
 
 def read_tokens(cfg: AuthConfig) -> list[str]:
@@ -28,11 +30,11 @@ def read_tokens(cfg: AuthConfig) -> list[str]:
         tokens += [t for t in re.split(r"[\s,]+", os.environ.get(cfg.token_env, "")) if t]
     if cfg.token_file:
         try:
-            with open(cfg.token_file) as f:
+            with open(cfg.token_file, encoding="utf-8") as f:
                 lines = [line.split("#", 1)[0].strip() for line in f]
-        except OSError as err:
-            raise ConfigError(f"serve.auth.token_file: cannot read {cfg.token_file!r}: "
-                              f"{err.strerror}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"serve.auth.token_file: cannot read {cfg.token_file!r}: {reason}") from err
         tokens += [line for line in lines if line]
     if not tokens:
         sources = " or ".join(filter(None, [cfg.token_env and f"${cfg.token_env}",
@@ -50,11 +52,13 @@ class TokenAuth:
         self._digests = self._load()
 
     def reload(self) -> None:
-        """Re-reads the sources (token rotation); keeps the old tokens if the new read fails."""
+        """Re-reads the sources (token rotation). A source that now holds no token, or cannot be
+        read, revokes every token: removing the file or emptying it must lock the endpoint."""
         try:
             self._digests = self._load()
-        except ConfigError:
-            pass
+        except Exception as err:  # ConfigError, OSError, a file that is not text...
+            self._digests = []
+            log.error("raylane: serve.auth now refuses every request: %s", err)
 
     def check(self, authorization: str | None) -> str | None:
         """Returns None if the header carries a valid token, else the reason to refuse."""

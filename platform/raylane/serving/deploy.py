@@ -7,6 +7,7 @@ import threading
 import time
 
 from raylane.config import ModelConfig, ServeConfig, ServingOptions
+from raylane.errors import RaylaneError
 from raylane.serving.model import ServeArgs
 from raylane.tracking import champion_version
 
@@ -22,7 +23,11 @@ def app_name(model: ModelConfig) -> str:
 def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> ServeArgs:
     """The Serve application's arguments for the pipeline's serve section."""
     options = serve_cfg.model_dump(include=set(ServingOptions.model_fields))
-    return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri, **options)
+    # Not following the alias: pin today's version, so replicas started later serve it too.
+    pinned = None if serve_cfg.follow_alias else \
+        champion_version(tracking_uri, model.name, model.champion_alias)
+    return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
+                     version=pinned, **options)
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
@@ -62,7 +67,11 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
                  "in place (new version loaded and warmed up before it takes traffic)")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        held = handle.check_registry.remote().result(timeout_s=timeout_s)
+        try:
+            held = handle.check_registry.remote().result(timeout_s=timeout_s)
+        except Exception as err:
+            raise RaylaneError(f"the running endpoint could not load {args.model_name} v{version}: {err}; "
+                               "it keeps serving the previous version") from err
         if version in held and held[version] == args.alias:
             return True
         time.sleep(0.5)

@@ -80,7 +80,8 @@ def schema(app: Any, args: ServeArgs, model: LoadedModel) -> dict[str, Any]:
         components.update(doc.pop("$defs", {}))
         components[cls.__name__] = doc
     columns, width = model.feature_columns, len(model.feature_columns)
-    rows = model.example[:2] or [[0.0] * width]
+    # Under auth the document is public, so it shows zeros rather than rows of the real data.
+    rows = (model.example[:2] if args.auth is None else []) or [[0.0] * width]
     _tighten_v1(components.get("V1PredictRequest"), columns, rows)
     components["V2InferRequest"]["example"] = {"id": "1", "inputs": [
         {"name": "features", "shape": [len(rows), width], "datatype": "FP64",

@@ -263,9 +263,15 @@ class InvocationsRequest(BaseModel):
     """{"return_probabilities": true} for class probabilities instead of labels."""
 
 
+def mlflow_error(status: int, message: str, error_code: str = "BAD_REQUEST") -> BadInput:
+    """An /invocations error in the body shape `mlflow models serve` uses, plus raylane's `error`."""
+    return BadInput(status, message, {"error_code": error_code, "message": message})
+
+
 def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
                       ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Parses an /invocations body the way `mlflow models serve` does; returns (rows, params)."""
+    """Parses an /invocations body the way `mlflow models serve` does; returns (rows, params).
+    Rows may be empty (MLflow answers an empty frame with empty predictions)."""
     from io import StringIO
 
     from mlflow.exceptions import MlflowException
@@ -276,7 +282,11 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
     charset = dict(p.strip().partition("=")[::2] for p in parameters.split(";") if p.strip()).get(
         "charset", "utf-8").lower()
     if charset != "utf-8":
-        raise BadInput(415, "The scoring server only supports UTF-8")
+        raise mlflow_error(415, "The scoring server only supports UTF-8")
+    if mime not in (scoring.CONTENT_TYPE_JSON, scoring.CONTENT_TYPE_CSV):
+        raise mlflow_error(415, "This predictor only supports the following content types: Types: "
+                                f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}']. "
+                                f"Got '{content_type or ''}'.")
     if mime == scoring.CONTENT_TYPE_JSON:
         fast = _numeric_invocation(body, model.feature_columns)
         if fast is not None:
@@ -286,26 +296,33 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         if mime == scoring.CONTENT_TYPE_JSON:
             parsed = scoring._parse_json_data(body, model.pyfunc.metadata, schema)
             data, params = parsed.data, parsed.params or {}
-        elif mime == scoring.CONTENT_TYPE_CSV:
-            text = body.decode("utf-8")
-            data, params = scoring.parse_csv_input(StringIO(text), schema), {}
         else:
-            raise BadInput(415, "This predictor only supports the following content types: Types: "
-                                f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}']. "
-                                f"Got '{content_type or ''}'.")
+            data, params = scoring.parse_csv_input(StringIO(body.decode("utf-8")), schema), {}
         if not isinstance(params, dict):
-            raise BadInput(400, "params must be an object, e.g. {\"return_probabilities\": true}")
+            raise mlflow_error(400, "params must be an object, e.g. {\"return_probabilities\": true}")
         matrix = _invocation_matrix(data, model, schema)
+    except BadInput as err:
+        raise mlflow_error(err.status, err.message) from None
     except MlflowException as err:  # parsing and the signature check: always the client's input
         status = err.get_http_status_code()
-        raise BadInput(status if 400 <= status < 500 else 400, err.message,
-                       {"error_code": "BAD_REQUEST", "message": err.message}) from None
+        raise mlflow_error(status if 400 <= status < 500 else 400, err.message, err.error_code) from None
     except UnicodeDecodeError as err:
-        raise BadInput(400, f"Ensure that input is a valid UTF-8 encoded string. Error: '{err!r}'") from None
-    unknown = set(params) - {"return_probabilities"}
-    if unknown or not isinstance(params.get("return_probabilities", False), bool):
-        raise BadInput(400, f"params: only {{'return_probabilities': true|false}} is accepted, got {params}")
-    return matrix, params
+        raise mlflow_error(400, f"Ensure that input is a valid UTF-8 encoded string. Error: '{err!r}'"
+                           ) from None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:
+        # What MLflow answers for input its model cannot take (it wraps any non-MLflow error).
+        raise mlflow_error(400, "Encountered an unexpected error while evaluating the model. Verify "
+                                "that the serialized input Dataframe is compatible with the model: "
+                                f"{err}") from None
+    return matrix, _known_params(params)
+
+
+def _known_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Keeps `return_probabilities`; MLflow ignores parameters its model does not declare, so do we."""
+    value = params.get("return_probabilities", False)
+    if not isinstance(value, bool):
+        raise mlflow_error(400, f"params.return_probabilities must be true or false, got {value!r}")
+    return {"return_probabilities": value}
 
 
 def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -314,14 +331,17 @@ def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, di
     checks (and gets MLflow's error messages). For these inputs both paths give the same matrix:
     every column of the signature is a double, and MLflow converts numbers to it the same way."""
     try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return _numeric_rows(json.loads(body), columns)
+    except Exception:  # anything unusual is MLflow's parser's to judge and explain
         return None
+
+
+def _numeric_rows(request: Any, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
     if not isinstance(request, dict):
         return None
     params = request.get("params", {})
     keys = set(request) - {"params"}
-    if len(keys) != 1 or not isinstance(params, dict) or set(params) - {"return_probabilities"} or \
+    if len(keys) != 1 or not isinstance(params, dict) or \
             not isinstance(params.get("return_probabilities", False), bool):
         return None
     key = keys.pop()
@@ -330,17 +350,14 @@ def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, di
     split_keys = {"columns", "data", "index"}
     if key == "dataframe_split" and isinstance(payload, dict) and set(payload) <= split_keys:
         names, data = payload.get("columns"), payload.get("data")
-        if isinstance(names, list) and sorted(map(str, names)) == sorted(columns) and len(names) == width \
-                and isinstance(data, list):
+        if isinstance(names, list) and all(isinstance(n, str) for n in names) and \
+                sorted(names) == sorted(columns) and isinstance(data, list):
             order = [names.index(c) for c in columns]
             rows = [[row[i] for i in order] if isinstance(row, list) and len(row) == width else None
                     for row in data]
     elif key in ("dataframe_records", "instances") and isinstance(payload, list):
         if all(isinstance(r, dict) and len(r) == width for r in payload):
-            try:
-                rows = [[r[c] for c in columns] for r in payload]
-            except KeyError:
-                return None
+            rows = [[r[c] for c in columns] for r in payload]
         elif key == "instances" and all(isinstance(r, list) and len(r) == width for r in payload):
             rows = payload
     if not rows or any(r is None for r in rows):
@@ -350,7 +367,7 @@ def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, di
     matrix = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(matrix).all():
         return None
-    return matrix, params
+    return matrix, _known_params(params)
 
 
 def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray:
@@ -371,8 +388,6 @@ def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray
     except (KeyError, ValueError, TypeError) as err:
         raise BadInput(400, f"expected the {len(columns)} feature columns {columns[0]}..{columns[-1]} "
                             f"as numbers: {err}") from None
-    if matrix.shape[0] == 0:
-        raise BadInput(400, "no rows to predict")
     if not np.isfinite(matrix).all():
         raise BadInput(400, "values must be finite numbers (no NaN or Infinity)")
     return matrix

@@ -113,13 +113,13 @@ class ModelSlot:
                also: Callable[[], None] | None = None) -> threading.Thread:
         """Starts the daemon thread that calls `refresh` (and `also`) every poll interval."""
         def loop() -> None:
+            report = on_error or (lambda e: log.warning("raylane: registry check failed: %s", e))
             while not self._stop.wait(self.args.poll_interval_s):
-                try:
-                    if also is not None:
-                        also()
-                    self.refresh()
-                except Exception as err:  # the registry being down must not take serving down
-                    (on_error or (lambda e: log.warning("raylane: registry check failed: %s", e)))(err)
+                for step in filter(None, (also, self.refresh)):  # one failing never skips the other
+                    try:
+                        step()
+                    except Exception as err:  # the registry being down must not take serving down
+                        report(err)
 
         thread = threading.Thread(target=loop, name="raylane-registry-follower", daemon=True)
         thread.start()

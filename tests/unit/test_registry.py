@@ -1,0 +1,56 @@
+"""`raylane promote` / `rollback` on a real MLflow registry (sqlite): the gate, the recorded history,
+its size bound, and refusing to undo a move raylane did not make."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+from raylane import registry
+from raylane.errors import RaylaneError
+
+
+@pytest.fixture
+def client(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model("m")
+    for accuracy in (0.90, 0.95, 0.80):
+        version = client.create_model_version("m", source=str(tmp_path))
+        client.set_model_version_tag("m", version.version, "test_accuracy", str(accuracy))
+    return client
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias("m", "champion").version)
+
+
+def test_gate_history_and_rollback(client) -> None:
+    registry.promote(client, "m", "1")
+    registry.promote(client, "m", "2")
+    with pytest.raises(RaylaneError, match="is below champion v2's 0.9500"):
+        registry.promote(client, "m", "3")
+    move = registry.promote(client, "m", "3", force=True)
+    assert move.previous == "2" and champion(client) == "3"
+    assert registry.rollback(client, "m").version == "2"
+    assert registry.rollback(client, "m").version == "1"
+    with pytest.raises(RaylaneError, match="no earlier champion"):
+        registry.rollback(client, "m")
+    actions = [h["action"] for h in registry.read_history(client, "m", "champion")]
+    assert actions == ["promote", "promote", "promote (forced)", "rollback", "rollback"]
+
+
+def test_history_stays_within_mlflow_tag_size(client) -> None:
+    for i in range(120):
+        registry.promote(client, "m", "1" if i % 2 else "2", force=True)
+    tag = client.get_registered_model("m").tags[registry.history_tag("champion")]
+    assert len(tag) <= 5000 and json.loads(tag)[-1]["version"] == "1"  # the last of the 120 moves
+
+
+def test_rollback_refuses_after_a_move_outside_raylane(client) -> None:
+    registry.promote(client, "m", "1")
+    registry.promote(client, "m", "2")
+    client.set_registered_model_alias("m", "champion", "3")  # e.g. in the MLflow UI
+    with pytest.raises(RaylaneError, match="moved outside raylane"):
+        registry.rollback(client, "m")
+    assert champion(client) == "3"
