@@ -23,7 +23,7 @@ from raylane import cluster, data, progress, tracking, tune
 from raylane.cli import add_common_arguments, config_from_args, run_main
 from raylane.errors import ConfigError
 from raylane.serving import deploy
-from raylane.storage import local_copy, local_or_uri, run_directory_exists
+from raylane.storage import check_storage, local_copy, local_or_uri, run_directory_exists
 from raylane.train.trainer import check_backend_installed
 
 
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     progress.say(f"run {run_name}: storage {storage_path}")
 
     on_cluster = cluster.connect(cfg)
+    check_storage(storage_path)  # writable, and the same directory on every node, before any work
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     experiment_id = tracking.configure(cfg.tracking)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)

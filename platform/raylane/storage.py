@@ -6,9 +6,12 @@ import contextlib
 import os
 import posixpath
 import tempfile
+import uuid
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
+
+from raylane.errors import StorageError
 
 
 def local_or_uri(path: str) -> str:
@@ -50,3 +53,53 @@ def local_copy(path: str, storage_path: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as local:
         pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         yield local
+
+
+def check_storage(storage_path: str) -> None:
+    """Fails early, naming the path, if the storage path cannot hold checkpoints for this cluster:
+    not writable, or (a local path on several nodes) not the same directory on every node, where
+    Ray Train would only fail at the end, when checkpoints written on one node are read on another."""
+    fs = filesystem(storage_path)
+    root = pafs.FileSystem.from_uri(storage_path)[1] if "://" in storage_path else storage_path
+    probe = posixpath.join(root, f".raylane-probe-{uuid.uuid4().hex}")
+    try:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"raylane")
+    except (OSError, ValueError) as err:
+        raise StorageError(f"storage_path {storage_path!r} is not writable: {err}") from err
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            blind = _nodes_not_seeing(probe)
+            if blind:
+                raise StorageError(
+                    f"storage_path {storage_path!r} is local to this node: the Ray nodes at {blind} do "
+                    "not see the files written there. Use storage every node shares: s3://bucket/path "
+                    "(or another pyarrow URI), or a directory mounted at the same path on every node")
+    finally:
+        try:
+            fs.delete_file(probe)
+        except OSError:
+            pass
+
+
+def _nodes_not_seeing(path: str) -> list[str]:
+    """Returns the addresses of the other alive Ray nodes on which `path` does not exist."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():
+        return []
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not others:
+        return []
+
+    @ray.remote(num_cpus=0)
+    def exists(p: str) -> bool:
+        return os.path.exists(p)
+
+    checks = [exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+              .remote(path) for n in others]
+    return [n["NodeManagerAddress"] for n, seen in zip(others, ray.get(checks, timeout=120), strict=True)
+            if not seen]
