@@ -54,6 +54,10 @@ def use_haproxy() -> None:
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     # Replicas drain for 30 s before stopping by default; a local endpoint should stop at Ctrl-C.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    # Every raylane route is a read or an idempotent prediction, so HAProxy may replay a request
+    # whose replica died before answering (empty response) on another replica, not only one that
+    # never reached a replica (Ray's default, safe for any app).
+    os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
 
 
 def local_cpus(cfg: PipelineConfig) -> int:
