@@ -143,6 +143,7 @@ class TrialRunLogger(tune.Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
+        self.restarts: dict[str, int] = {}
 
     @property
     def client(self) -> Any:
@@ -167,7 +168,14 @@ class TrialRunLogger(tune.Callback):
         from mlflow.entities import Metric
 
         run_id, epoch = self.run_ids.get(trial.trial_id), result.get("epoch")
-        if run_id is None or epoch is None or epoch <= self.last_epoch[trial.trial_id]:
+        if run_id is None or epoch is None:
+            return
+        start = result.get("start_epoch", 0)
+        if start and epoch == start:  # the first epoch of a worker group resumed from a checkpoint
+            self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+            self.client.set_tag(run_id, "raylane.restarts", self.restarts[trial.trial_id])
+            self.client.set_tag(run_id, "raylane.resumed_at_epoch", start)
+        if epoch <= self.last_epoch[trial.trial_id]:
             return  # an epoch redone after a restart is already on record
         self.last_epoch[trial.trial_id] = epoch
         stamp = int(result.get("timestamp", 0) * 1000)
@@ -184,6 +192,7 @@ class TrialRunLogger(tune.Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is not None:
             self.client.set_tag(run_id, "raylane.epochs_completed", self.last_epoch[trial.trial_id] + 1)
+            self.client.set_tag(run_id, "raylane.restarts", self.restarts.get(trial.trial_id, 0))
             self.client.set_terminated(run_id, status)
 
 

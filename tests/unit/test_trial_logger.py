@@ -1,0 +1,31 @@
+"""The Tune callback that writes one MLflow run per trial, against a real sqlite store, fed the
+results a trial reports when its worker group is killed and resumes from a checkpoint."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mlflow import MlflowClient
+from raylane.tracking import TrialRunLogger
+
+
+def test_resumed_worker_group_is_counted_and_no_step_is_logged_twice(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment).info.run_id
+    logger = TrialRunLogger(uri, experiment, parent)
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 0.01})
+    logger.on_trial_start(0, [], trial)
+    # Epochs 0-2, a kill during epoch 3 with the checkpoint of epoch 1 last registered, so the
+    # resumed group redoes epoch 2; then a second kill and a resume at epoch 4.
+    reports = [(0, 0), (1, 0), (2, 0), (2, 2), (3, 2), (4, 4), (5, 4)]
+    for epoch, start in reports:
+        logger.on_trial_result(0, [], trial, {"epoch": epoch, "start_epoch": start, "val_accuracy": 0.5,
+                                              "timestamp": 1_800_000_000 + epoch})
+    logger.on_trial_complete(0, [], trial)
+    run = client.get_run(logger.run_ids["t1"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [0, 1, 2, 3, 4, 5]
+    assert run.data.tags["raylane.restarts"] == "2" and run.data.tags["raylane.resumed_at_epoch"] == "4"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
