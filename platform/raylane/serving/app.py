@@ -13,7 +13,6 @@ answered in `X-Model-Version`. Bad input gets a 4xx whose JSON `error` names wha
 # No `from __future__ import annotations` here: FastAPI must see the real body types of the
 # route methods, or it takes the request model for a query parameter.
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -166,11 +165,10 @@ def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = No
 class ModelServer:
     """One replica: holds the champion (and canary), follows the registry, answers the routes."""
 
-    def __init__(self, args: ServeArgs, loader: Callable[..., LoadedModel] | None = None):
+    def __init__(self, args: ServeArgs):
         self.args = args
         self.metrics = ServingMetrics(args.model_name)
-        extra = {} if loader is None else {"loader": loader}
-        self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds), **extra)
+        self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds))
         self.auth = TokenAuth(args.auth) if args.auth else None
         self._predict_batch.set_max_batch_size(args.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
@@ -337,7 +335,7 @@ class ModelServer:
         return model
 
 
-def build_app(args: ServeArgs | dict[str, Any], loader: Callable[..., LoadedModel] | None = None) -> Any:
+def build_app(args: ServeArgs | dict[str, Any]) -> Any:
     """Returns the Serve application for `args`; `serve run` and `serve deploy` call this."""
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
     scaling: dict[str, Any] = (
@@ -349,4 +347,4 @@ def build_app(args: ServeArgs | dict[str, Any], loader: Callable[..., LoadedMode
         ray_actor_options={"num_cpus": args.replica_cpus},
         logging_config={"enable_access_log": args.access_log},
         **scaling,
-    ).bind(args, loader)
+    ).bind(args)

@@ -20,14 +20,12 @@ def app_name(model: ModelConfig) -> str:
     return APP_NAME
 
 
-def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> ServeArgs:
-    """The Serve application's arguments for the pipeline's serve section."""
+def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str, version: str) -> ServeArgs:
+    """The Serve application's arguments for the pipeline's serve section; `version` is the alias's
+    version now, pinned when the endpoint does not follow the alias (so later replicas serve it too)."""
     options = serve_cfg.model_dump(include=set(ServingOptions.model_fields))
-    # Not following the alias: pin today's version, so replicas started later serve it too.
-    pinned = None if serve_cfg.follow_alias else \
-        champion_version(tracking_uri, model.name, model.champion_alias)
     return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
-                     version=pinned, **options)
+                     version=None if serve_cfg.follow_alias else version, **options)
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
@@ -42,7 +40,7 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
 
     version = champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, clearly
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    args = serve_args(serve_cfg, model, tracking_uri)
+    args = serve_args(serve_cfg, model, tracking_uri, version)
     if not (args.follows and _switch_running_app(args, version)):
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
         serve.run(build_app(args), name=app_name(model), route_prefix="/", blocking=False)

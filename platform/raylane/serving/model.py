@@ -61,11 +61,6 @@ class LoadedModel:
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes)[probabilities.argmax(axis=1)]
 
-    def predict(self, rows: np.ndarray) -> tuple[list[Any], np.ndarray]:
-        """Returns (class labels, probabilities) for raw feature rows in column order."""
-        probabilities = self.predict_proba(rows)
-        return self.labels(probabilities).tolist(), probabilities
-
     def warm_up(self) -> None:
         """Runs the example through the network once, so the first real request is not the slow one."""
         rows = np.asarray(self.example or [[0.0] * len(self.feature_columns)], dtype=np.float64)

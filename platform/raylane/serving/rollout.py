@@ -12,22 +12,18 @@ import logging
 import threading
 from collections.abc import Callable
 
+from raylane import registry
 from raylane.errors import ModelNotFoundError
 from raylane.serving.model import LoadedModel, ServeArgs, load_version
 
 log = logging.getLogger("ray.serve")
 
-Loader = Callable[[str, str, str], LoadedModel]
-
 
 def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
     """Returns the version the alias points at, None when the alias is not set."""
-    from raylane.tracking import champion_version
+    from mlflow import MlflowClient
 
-    try:
-        return champion_version(tracking_uri, name, alias)
-    except ModelNotFoundError:
-        return None
+    return registry.alias_version(MlflowClient(tracking_uri), name, alias)
 
 
 class TrafficSplit:
@@ -49,9 +45,8 @@ class TrafficSplit:
 class ModelSlot:
     """The champion (and canary) a replica answers with; swapped atomically when an alias moves."""
 
-    def __init__(self, args: ServeArgs, loader: Loader = load_version,
-                 on_load: Callable[[LoadedModel], None] | None = None) -> None:
-        self.args, self._loader, self._on_load = args, loader, on_load or (lambda m: None)
+    def __init__(self, args: ServeArgs, on_load: Callable[[LoadedModel], None] | None = None) -> None:
+        self.args, self._on_load = args, on_load or (lambda m: None)
         version = args.version or alias_version(args.tracking_uri, args.model_name, args.alias)
         if version is None:
             raise ModelNotFoundError(
@@ -136,6 +131,6 @@ class ModelSlot:
         return self._reuse_or_load(version) if version else None
 
     def _load(self, version: str) -> LoadedModel:
-        model = self._loader(self.args.tracking_uri, self.args.model_name, version)  # loads + warms up
+        model = load_version(self.args.tracking_uri, self.args.model_name, version)  # loads + warms up
         self._on_load(model)
         return model
