@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve test test-fast lint bench bench-serve mlflow-ui clean venv
+.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve chaos mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -26,8 +26,13 @@ run-tf: venv  ## the same pipeline on TensorFlow workers (MultiWorkerMirroredStr
 serve: venv  ## deploy the current champion without training
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.serve --config $(CONFIG) $(ARGS)
 
-test: venv  ## the whole suite (real Ray, MLflow and Serve on 127.0.0.1)
+test: venv  ## the whole suite (real Ray, MLflow and Serve on 127.0.0.1), then the fault tests
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests $(ARGS)
+	$(MAKE) test-faults
+
+# The fault tests start and kill their own clusters and servers: a pytest process of their own.
+test-faults: venv  ## killed workers, lost nodes, killed jobs and replicas, MLflow down
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m faults tests/faults $(ARGS)
 
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
@@ -38,6 +43,9 @@ lint: venv
 bench: venv  ## side-by-side measurements; each prints ratio=...
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.train_tf $(ARGS)
 
+chaos: venv  ## the demo pipeline while a Train worker and a Serve replica are killed; prints what was lost
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.chaos $(ARGS)
+
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
@@ -46,4 +54,4 @@ mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
-	rm -rf raylane_runs mlflow.db mlartifacts .pytest_cache
+	rm -rf raylane_runs chaos_runs mlflow.db mlartifacts .pytest_cache

@@ -163,6 +163,9 @@ class TrackingConfig(_Section):
     """MLflow experiment that holds the pipeline runs."""
     artifact_location: str | None = None
     """Artifact root of a new experiment. Unset: 'mlartifacts' next to a sqlite store."""
+    outage_timeout_s: float = Field(default=600.0, gt=0)
+    """How long training may run on with the tracking server unreachable (metrics are buffered meanwhile)
+    before the pipeline fails."""
 
 
 class ModelConfig(_Section):

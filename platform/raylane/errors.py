@@ -23,3 +23,7 @@ class ModelNotFoundError(RaylaneError):
 
 class StorageError(RaylaneError):
     """The storage path for checkpoints and datasets cannot be used."""
+
+
+class TrackingError(RaylaneError):
+    """The MLflow tracking store is unreachable or refuses what raylane records."""

@@ -19,13 +19,46 @@ def local_or_uri(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
+def join(storage_path: str, *parts: str) -> str:
+    """Returns `storage_path` with `parts` appended, keeping a URI's query options (endpoint_override=...)
+    at the end where pyarrow reads them."""
+    base, sep, query = storage_path.partition("?")
+    return posixpath.join(base, *parts) + sep + query
+
+
+def split(storage_path: str) -> tuple[pafs.FileSystem, str]:
+    """Returns the pyarrow filesystem of a local path or URI and the path inside it."""
+    if "://" in storage_path:
+        return pafs.FileSystem.from_uri(storage_path)
+    return pafs.LocalFileSystem(), storage_path
+
+
 def run_directory_exists(storage_path: str, run_name: str) -> bool:
     """Returns True if a pipeline run of this name already left state in storage."""
-    if "://" in storage_path:
-        fs, root = pafs.FileSystem.from_uri(storage_path)
-    else:
-        fs, root = pafs.LocalFileSystem(), storage_path
-    return fs.get_file_info(posixpath.join(root, run_name)).type != pafs.FileType.NotFound
+    fs, root = split(join(storage_path, run_name))
+    return fs.get_file_info(root).type != pafs.FileType.NotFound
+
+
+def read_text(path: str) -> str | None:
+    """Returns the text of the file at a local path or URI, None if there is none."""
+    fs, inner = split(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(inner) as stream:
+        return stream.read().decode()
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a small file at a local path or URI, whole or not at all (temp file, then rename)."""
+    fs, inner = split(path)
+    temp = f"{inner}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.create_dir(posixpath.dirname(inner), recursive=True)
+        with fs.open_output_stream(temp) as out:
+            out.write(text.encode())
+        fs.move(temp, inner)
+    except (OSError, ValueError) as err:
+        raise StorageError(f"cannot write {path}: {err}") from err
 
 
 def filesystem(storage_path: str) -> pafs.FileSystem:
@@ -59,8 +92,7 @@ def check_storage(storage_path: str) -> None:
     """Fails early, naming the path, if the storage path cannot hold checkpoints for this cluster:
     not writable, or (a local path on several nodes) not the same directory on every node, where
     Ray Train would only fail at the end, when checkpoints written on one node are read on another."""
-    fs = filesystem(storage_path)
-    root = pafs.FileSystem.from_uri(storage_path)[1] if "://" in storage_path else storage_path
+    fs, root = split(storage_path)
     probe = posixpath.join(root, f".raylane-probe-{uuid.uuid4().hex}")
     try:
         fs.create_dir(root, recursive=True)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,10 @@ import numpy as np
 import pandas as pd
 from ray import tune
 
-from raylane import registry
+from raylane import progress, registry
 from raylane.config import ModelConfig, PipelineConfig, TrackingConfig, to_yaml
 from raylane.data import PreparedData
-from raylane.errors import ModelNotFoundError, RaylaneError
+from raylane.errors import ModelNotFoundError, RaylaneError, TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy")
@@ -47,6 +48,8 @@ def configure(cfg: TrackingConfig) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     uri = resolve_tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(cfg.experiment)  # creates a sqlite schema once
@@ -55,6 +58,23 @@ def configure(cfg: TrackingConfig) -> str:
         return mlflow.create_experiment(cfg.experiment, artifact_location=_artifact_location(cfg, uri))
     except Exception as err:
         raise RaylaneError(f"tracking.tracking_uri {uri!r}: cannot reach the MLflow store: {err}") from err
+
+
+def check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Fails fast, naming the URI, when no MLflow server answers there (MLflow's own client would
+    retry for minutes before giving up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError:
+        return  # something answers (a proxy, auth): let MLflow's own calls report what it says
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"tracking.tracking_uri {uri!r}: no MLflow server answers ({reason}); start "
+                            "it (mlflow server ...) or point tracking.tracking_uri elsewhere") from err
 
 
 def _artifact_location(cfg: TrackingConfig, uri: str) -> str | None:
@@ -66,10 +86,22 @@ def _artifact_location(cfg: TrackingConfig, uri: str) -> str | None:
 
 
 @contextlib.contextmanager
-def pipeline_run(cfg: PipelineConfig, run_name: str, experiment_id: str) -> Iterator[Any]:
-    """Yields the active parent MLflow run, with the config, git commit and job id recorded."""
+def pipeline_run(cfg: PipelineConfig, run_name: str, experiment_id: str,
+                 resume_run_id: str | None = None, resumes: int = 0) -> Iterator[Any]:
+    """Yields the active parent MLflow run, with the config, git commit and job id recorded; with
+    `resume_run_id`, that run again (a resumed pipeline keeps one MLflow run)."""
     import mlflow
 
+    if resume_run_id is not None:
+        try:
+            run = mlflow.start_run(run_id=resume_run_id)
+        except Exception as err:
+            raise TrackingError(f"--resume {run_name!r}: its MLflow run {resume_run_id} is not in "
+                                f"{mlflow.get_tracking_uri()}: {err}") from err
+        with run:
+            mlflow.set_tags({"raylane.resumes": resumes, **_origin_tags()})
+            yield run
+        return
     tags = {"raylane.run_name": run_name, **_origin_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         # feature_columns can exceed MLflow's param length; data/schema.json holds them instead.
@@ -137,13 +169,43 @@ def log_tune_results(table: pd.DataFrame) -> None:
 
 
 class TrialRunLogger(tune.Callback):
-    """A Tune callback: one nested MLflow run per trial, one metric point per epoch, never twice."""
+    """A Tune callback: one nested MLflow run per trial, one metric point per epoch, never twice.
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    Tune calls it on its driver loop, which must never wait on MLflow: each event goes into an
+    outbox that a writer thread sends in order. While the tracking server is unreachable the outbox
+    keeps everything, retried with backoff, and `on_experiment_end` waits (up to
+    `tracking.outage_timeout_s`) until it is written. A trial met again after a restart or a
+    `--resume` finds its run by tag and continues it: epochs already logged are not logged again.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 outage_timeout_s: float = 600.0) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.outage_timeout_s = outage_timeout_s
+        self._setup()
+
+    def _setup(self) -> None:
+        import collections
+        import threading
+
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.restarts: dict[str, int] = {}
+        self._outbox: collections.deque = collections.deque()
+        self._wakeup = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self.outage_started: float | None = None
+        self.outages: list[float] = []  # seconds MLflow was unreachable, one entry per outage
+
+    # Tune pickles its callbacks with the experiment state (for Tuner.restore); the outbox and the
+    # writer thread are this process's only.
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "tracking_uri", "experiment_id", "parent_run_id", "outage_timeout_s")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
 
     @property
     def client(self) -> Any:
@@ -151,49 +213,131 @@ class TrialRunLogger(tune.Callback):
 
         return MlflowClient(self.tracking_uri)
 
+    # -- Tune's events: queue them, never block --------------------------------------------------
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.run_ids:
-            return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{trial.trial_id}",
-            tags={"mlflow.parentRunId": self.parent_run_id, "raylane.trial_id": trial.trial_id},
-        )
-        self.run_ids[trial.trial_id] = run.info.run_id
-        self.last_epoch[trial.trial_id] = -1
-        for key, value in trial.config.items():
-            self.client.log_param(run.info.run_id, key, value)
+        self._send("start", trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
-
-        run_id, epoch = self.run_ids.get(trial.trial_id), result.get("epoch")
-        if run_id is None or epoch is None:
+        epoch = result.get("epoch")
+        if epoch is None:
             return
         start = result.get("start_epoch", 0)
         if start and epoch == start:  # the first epoch of a worker group resumed from a checkpoint
-            self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
-            self.client.set_tag(run_id, "raylane.restarts", self.restarts[trial.trial_id])
-            self.client.set_tag(run_id, "raylane.resumed_at_epoch", start)
-        if epoch <= self.last_epoch[trial.trial_id]:
-            return  # an epoch redone after a restart is already on record
-        self.last_epoch[trial.trial_id] = epoch
-        stamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, float(result[k]), stamp, int(epoch)) for k in TRIAL_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+            self._send("resumed", trial.trial_id, int(start))
+        stamp = int(result.get("timestamp", time.time()) * 1000)
+        self._send("epoch", trial.trial_id, int(epoch), stamp,
+                   {k: float(result[k]) for k in TRIAL_METRICS if k in result})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "FINISHED")
+        self._send("finish", trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "FAILED")
+        self._send("finish", trial.trial_id, "FAILED")
 
-    def _finish(self, trial: Any, status: str) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is not None:
-            self.client.set_tag(run_id, "raylane.epochs_completed", self.last_epoch[trial.trial_id] + 1)
-            self.client.set_tag(run_id, "raylane.restarts", self.restarts.get(trial.trial_id, 0))
-            self.client.set_terminated(run_id, status)
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Waits until every queued event is in MLflow; TrackingError after `outage_timeout_s` of outage."""
+        with self._wakeup:
+            while self._outbox:
+                if self.outage_started and time.monotonic() - self.outage_started > self.outage_timeout_s:
+                    raise TrackingError(
+                        f"MLflow at {self.tracking_uri} unreachable for over {self.outage_timeout_s:.0f} s "
+                        f"(tracking.outage_timeout_s); {len(self._outbox)} trial records not written")
+                self._wakeup.wait(timeout=1.0)
+
+    def _send(self, *event: Any) -> None:
+        import threading
+
+        with self._wakeup:
+            self._outbox.append(event)
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_forever, name="mlflow-trial-writer",
+                                                daemon=True)
+                self._writer.start()
+            self._wakeup.notify_all()
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _write_forever(self) -> None:
+        backoff = 0.5
+        while True:
+            with self._wakeup:
+                while not self._outbox:
+                    self._wakeup.wait()
+                event = self._outbox[0]
+            try:
+                self._write(*event)
+            except Exception as err:  # the store is down or erroring: keep the event, try again
+                if self.outage_started is None:
+                    self.outage_started = time.monotonic()
+                    progress.say(f"MLflow unreachable ({type(err).__name__}); buffering trial metrics "
+                                 "until it is back")
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            with self._wakeup:
+                self._outbox.popleft()
+                if self.outage_started is not None:
+                    self.outages.append(time.monotonic() - self.outage_started)
+                    self.outage_started = None
+                    progress.say(f"MLflow back after {self.outages[-1]:.1f} s; buffered trial metrics "
+                                 "written")
+                self._wakeup.notify_all()
+
+    def _write(self, kind: str, trial_id: str, *args: Any) -> None:
+        from mlflow.entities import Metric
+
+        if kind == "start":
+            self._open_run(trial_id, args[0])
+            return
+        run_id = self.run_ids.get(trial_id) or self._open_run(trial_id, None)
+        if kind == "resumed":
+            self.restarts[trial_id] += 1
+            self.client.set_tag(run_id, "raylane.restarts", self.restarts[trial_id])
+            self.client.set_tag(run_id, "raylane.resumed_at_epoch", args[0])
+        elif kind == "epoch":
+            epoch, stamp, values = args
+            if epoch <= self.last_epoch[trial_id]:
+                return  # an epoch redone after a restart is already on record
+            self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, epoch) for k, v in values.items()])
+            self.last_epoch[trial_id] = epoch
+        elif kind == "finish":
+            self.client.set_tag(run_id, "raylane.epochs_completed", self.last_epoch[trial_id] + 1)
+            self.client.set_tag(run_id, "raylane.restarts", self.restarts[trial_id])
+            self.client.set_terminated(run_id, args[0])
+
+    def _open_run(self, trial_id: str, config: dict | None) -> str:
+        """Returns the trial's nested run: the one an earlier attempt created, else a new one."""
+        if trial_id in self.run_ids:
+            return self.run_ids[trial_id]
+        client = self.client
+        found = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+                          f"and tags.`raylane.trial_id` = '{trial_id}'",
+            max_results=1,
+        )
+        if found:
+            run = found[0]
+            history = client.get_metric_history(run.info.run_id, TRIAL_METRICS[-1])
+            self.last_epoch[trial_id] = max((m.step for m in history), default=-1)
+            self.restarts[trial_id] = int(run.data.tags.get("raylane.restarts", 0))
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+        else:
+            run = client.create_run(
+                self.experiment_id, run_name=f"trial-{trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, "raylane.trial_id": trial_id},
+            )
+            self.last_epoch[trial_id], self.restarts[trial_id] = -1, 0
+            for key, value in (config or {}).items():
+                client.log_param(run.info.run_id, key, value)
+        self.run_ids[trial_id] = run.info.run_id
+        return run.info.run_id
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -277,6 +421,10 @@ class Promotion:
     reason: str
     previous_version: str | None
 
+    @property
+    def summary(self) -> str:
+        return f"{'promoted' if self.promoted else 'kept'}: {self.reason}"
+
 
 def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     """Registers the model; moves the champion alias to it only if its test metric is higher."""
@@ -300,10 +448,10 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
                   f"v{current.version}'s {old:.4f}")
     if promoted:
         registry.move_alias(client, cfg.name, cfg.champion_alias, str(version), "promote", reason)
-    decision = "promoted" if promoted else "kept"
-    client.set_model_version_tag(cfg.name, version, "raylane.promotion", f"{decision}: {reason}")
-    mlflow.set_tags({"raylane.model_version": version, "raylane.promotion": f"{decision}: {reason}"})
-    return Promotion(str(version), promoted, reason, current.version if current else None)
+    promotion = Promotion(str(version), promoted, reason, current.version if current else None)
+    client.set_model_version_tag(cfg.name, version, "raylane.promotion", promotion.summary)
+    mlflow.set_tags({"raylane.model_version": version, "raylane.promotion": promotion.summary})
+    return promotion
 
 
 def _champion(client: Any, cfg: ModelConfig) -> Any | None:

@@ -6,12 +6,12 @@ TorchTrainer whose `TuneReportCallback` forwards every epoch's report (and check
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
 
+from raylane import storage
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
 from raylane.errors import TrainingError
@@ -51,7 +51,11 @@ def _domain(dim: SearchDim) -> Any:
 
 def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: PreparedData,
               storage_path: str) -> None:
-    """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations."""
+    """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations.
+
+    The trainer's run is named after the trial, so a trial started again (a resumed pipeline)
+    finds its run's checkpoints and continues from the latest."""
+    from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
@@ -59,12 +63,20 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    reported_before = get_session().iteration
+    result = trainer.fit()
+    if get_session().iteration == reported_before and result.checkpoint is not None:
+        # Resumed after its last epoch (killed between the final checkpoint and the end of the
+        # trial): the loop had nothing left to report, but Tune still needs the trial's result.
+        tune.report({**result.metrics, "checkpoint_path": result.checkpoint.path})
 
 
 def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path: str,
-           callbacks: list[Any] = ()) -> BestTrial:
-    """Runs the hyperparameter search and returns the best trial; TrainingError if none finished."""
+           callbacks: list[Any] = (), resume: bool = False) -> BestTrial:
+    """Runs the hyperparameter search and returns the best trial; TrainingError if none finished.
+
+    With `resume`, an interrupted search of the same run continues (Tuner.restore): finished trials
+    are not rerun, unfinished and errored ones resume from their latest checkpoints."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tc = cfg.tune
@@ -76,9 +88,14 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, data=data,
-                             storage_path=posixpath.join(storage_path, run_name, "trials")),
+                             storage_path=storage.join(storage_path, run_name, "trials")),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
+    experiment = storage.join(storage_path, run_name, "tune")
+    if resume and tune.Tuner.can_restore(experiment):
+        # The callbacks come back from the experiment state; they find their MLflow runs by tag.
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        return best_trial(tuner.fit(), tc, filesystem(storage_path))
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(tc),
@@ -87,8 +104,11 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
             num_samples=tc.num_samples, max_concurrent_trials=tc.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=posixpath.join(storage_path, run_name),
+            name="tune", storage_path=storage.join(storage_path, run_name),
             callbacks=list(callbacks), verbose=1,
+            # A trial whose own driver or Train controller died with its node is started again;
+            # its trainer then continues from the run's latest checkpoint. Bounded like the workers.
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
     return best_trial(tuner.fit(), tc, filesystem(storage_path))

@@ -1,0 +1,191 @@
+"""Chaos drill: the demo pipeline while a Train worker and a Serve replica are SIGKILLed.
+
+    python -m benchmarks.chaos            # or: make chaos
+    python -m benchmarks.chaos --proxy python --set tune.num_samples=2
+
+Runs `pipelines.train_tune_serve` on the demo config (2 replicas, in its own local Ray), kills one
+Train worker once the first trial has 2 checkpoints, then, with the endpoint up and clients
+sending requests, kills one Serve replica. It prints what was lost and how long recovery took:
+
+    epochs redone          epochs trained twice (the partial epoch since the last checkpoint)
+    MLflow steps duplicated  metric points logged twice for one epoch (expected 0)
+    requests failed        non-200 answers or broken connections during the replica kill
+    recovery               kill -> training resumed (next checkpoint); kill -> replica replaced
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "pipelines" / "configs" / "digits_torch.yaml"))
+    parser.add_argument("--proxy", choices=("haproxy", "python"), default="haproxy",
+                        help="Serve ingress (zero failed requests on a replica kill needs haproxy)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    parser.add_argument("--workdir", default="chaos_runs", help="storage and MLflow store of the drill")
+    args = parser.parse_args(argv)
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_name = f"chaos-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [sys.executable, "-m", "pipelines.train_tune_serve", "--config", args.config,
+               "--run-name", run_name, "--tracking-uri", uri,
+               "--set", f"storage_path={workdir / 'storage'}", "--set", f"serve.port={args.port}",
+               "--set", "serve.num_replicas=2", "--set", f"serve.proxy={args.proxy}"]
+    command += [a for o in args.overrides for a in ("--set", o)]
+    log = open(workdir / f"{run_name}.log", "w")
+    print(f"[chaos] pipeline {run_name}; its output: {log.name}", flush=True)
+    pipeline = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    root = psutil.Process(pipeline.pid)
+    try:
+        training = kill_a_train_worker(root, workdir / "storage" / run_name)
+        serving = kill_a_replica(root, f"http://127.0.0.1:{args.port}", pipeline)
+    finally:
+        os.killpg(pipeline.pid, signal.SIGINT)
+        try:
+            pipeline.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(pipeline.pid, signal.SIGKILL)
+    report(workdir / "storage" / run_name, uri, run_name, training, serving)
+    return 0
+
+
+def processes(root: psutil.Process, prefix: str) -> list[psutil.Process]:
+    found = []
+    for proc in root.children(recursive=True):
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith(prefix):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def checkpoint_count(run_dir: Path) -> dict[str, int]:
+    """Returns trial folder -> epochs checkpointed so far (latest checkpoint's epoch + 1)."""
+    counts = {}
+    for snapshot in glob.glob(str(run_dir / "trials" / "*" / "checkpoint_manager_snapshot.json")):
+        try:
+            latest = json.loads(Path(snapshot).read_text()).get("latest_checkpoint_result")
+        except ValueError:
+            continue  # being rewritten
+        counts[Path(snapshot).parent.name] = latest["metrics"]["epoch"] + 1 if latest else 0
+    return counts
+
+
+def kill_a_train_worker(root: psutil.Process, run_dir: Path) -> dict:
+    deadline = time.monotonic() + 1200
+    while not any(n >= 2 for n in checkpoint_count(run_dir).values()):
+        assert root.is_running() and time.monotonic() < deadline, "the pipeline ended before training"
+        time.sleep(0.2)
+    trial = max(checkpoint_count(run_dir).items(), key=lambda kv: kv[1])[0]
+    before = checkpoint_count(run_dir)[trial]
+    victim = processes(root, "ray::RayTrainWorker")[0]
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    print(f"[chaos] killed Train worker pid {victim.pid} of {trial} after {before} epochs checkpointed",
+          flush=True)
+    while checkpoint_count(run_dir).get(trial, 0) <= before and time.monotonic() - killed < 600:
+        time.sleep(0.2)
+    resumed = time.monotonic() - killed
+    print(f"[chaos] {trial} wrote its next checkpoint {resumed:.1f} s after the kill", flush=True)
+    return {"trial": trial, "resumed_s": resumed}
+
+
+def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 1800
+    while len(processes(root, "ray::ServeReplica")) < 2 or not ready(url):
+        assert pipeline.poll() is None and time.monotonic() < deadline, "the endpoint never came up"
+        time.sleep(1)
+    row = httpx.get(f"{url}/v2/models/digits", timeout=10).json()["inputs"][0]["shape"][-1] * [0.0]
+    answers: list = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    answers.append((time.monotonic(), http.post("/invocations",
+                                                                json={"instances": [row]}).status_code))
+                except httpx.HTTPError as err:
+                    answers.append((time.monotonic(), type(err).__name__))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    victim = processes(root, "ray::ServeReplica")[0]
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    print(f"[chaos] killed Serve replica pid {victim.pid} under load", flush=True)
+    while len([p for p in processes(root, "ray::ServeReplica") if p.pid != victim.pid]) < 2 or not ready(url):
+        if time.monotonic() - killed > 180:
+            break
+        time.sleep(0.2)
+    replaced = time.monotonic() - killed
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    during = [status for at, status in answers if at >= killed]
+    return {"replaced_s": replaced, "requests": len(answers), "after_kill": len(during),
+            "failed": sum(status != 200 for _, status in answers),
+            "outcomes": dict(collections.Counter(status for _, status in answers))}
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def report(run_dir: Path, uri: str, run_name: str, training: dict, serving: dict) -> None:
+    from mlflow import MlflowClient
+
+    reported = collections.Counter()  # (trial, epoch) -> times Tune received it
+    for result in glob.glob(str(run_dir / "tune" / "*" / "result.json")):
+        for line in Path(result).read_text().splitlines():
+            row = json.loads(line)
+            if "epoch" in row:
+                reported[(row["trial_id"], row["epoch"])] += 1
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parent = client.search_runs(experiments, f"tags.`raylane.run_name` = '{run_name}'")[0]
+    duplicated = 0
+    for trial in client.search_runs([parent.info.experiment_id],
+                                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"):
+        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_accuracy")]
+        duplicated += len(steps) - len(set(steps))
+    print("\n[chaos] what was lost")
+    print(f"  epochs redone            {sum(n - 1 for n in reported.values())}")
+    print(f"  MLflow steps duplicated  {duplicated}")
+    print(f"  requests failed          {serving['failed']} of {serving['requests']} "
+          f"({serving['after_kill']} after the kill) {serving['outcomes']}")
+    print(f"  recovery                 worker kill -> next checkpoint {training['resumed_s']:.1f} s; "
+          f"replica kill -> replaced {serving['replaced_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
