@@ -25,7 +25,7 @@ import logging
 import sys
 
 from raylane import cluster, data, progress, runs, tracking, tune
-from raylane.cli import add_common_arguments, config_from_args, run_main
+from raylane.cli import add_common_arguments, config_from_args, overrides_from_args, run_main
 from raylane.serving import deploy
 from raylane.storage import check_storage, join, local_copy, local_or_uri
 from raylane.train.trainer import check_backend_installed
@@ -57,21 +57,25 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # a bad config fails here, before Ray starts
     storage_path = local_or_uri(cfg.storage_path)
     if args.resume:
-        given = cfg if args.config or args.overrides or args.tracking_uri else None
-        record = runs.resume(storage_path, args.resume, given)
+        overrides = overrides_from_args(args)
+        given = cfg if args.config or overrides else None
+        record = runs.resume(storage_path, args.resume, given, overrides, from_file=bool(args.config))
         cfg = record.pipeline_config()
         progress.say(f"resuming run {record.run_name} (attempt {record.resumes + 1}): storage {storage_path}")
     else:
-        record = runs.start(storage_path, args.run_name or runs.new_run_name(cfg), cfg)
-        progress.say(f"run {record.run_name}: storage {storage_path} "
-                     f"(if interrupted: --resume {record.run_name})")
-    run_name = record.run_name
+        record = None
+        run_name = args.run_name or runs.new_run_name(cfg)
+        runs.check_new(storage_path, run_name)
     check_backend_installed(cfg.train)
     experiment_id = tracking.configure(cfg.tracking)  # an unreachable MLflow server fails here
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
 
     on_cluster = cluster.connect(cfg)
     check_storage(storage_path)  # writable, and the same directory on every node, before any work
+    if record is None:
+        record = runs.start(storage_path, run_name, cfg)
+        progress.say(f"run {run_name}: storage {storage_path} (if interrupted: --resume {run_name})")
+    run_name = record.run_name
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     with progress.stage("data", cfg.data.source):
@@ -87,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
             tracking.log_dataset(prepared)
             record = runs.update(storage_path, record, mlflow_run_id=parent.info.run_id,
                                  experiment_id=experiment_id)
+        if record.registered_version is None:  # killed between registering and recording it?
+            version = tracking.version_registered_by(cfg.model.name, parent.info.run_id)
+            if version is not None:
+                record = runs.update(storage_path, record, registered_version=version.version,
+                                     promotion=version.tags.get("raylane.promotion", ""))
         if record.registered_version is None:
             with progress.stage("tune", f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} workers"):
                 logger = tracking.TrialRunLogger(tracking_uri, experiment_id, parent.info.run_id,

@@ -33,12 +33,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
 
 
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """Returns the --set items, with --tracking-uri as one more."""
+    extra = [f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else []
+    return list(args.overrides) + extra
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Returns the validated config named by --config, --set and --tracking-uri."""
-    overrides = list(args.overrides)
-    if args.tracking_uri:
-        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides_from_args(args))
 
 
 def run_main(main: Callable[[], int], verbose: bool) -> int:

@@ -11,6 +11,7 @@ A run name is never reused by a new run: starting one whose directory exists is 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 import yaml
 
 from raylane import storage
-from raylane.config import PipelineConfig, config_from_dict
+from raylane.config import PipelineConfig, _apply_override, config_from_dict
 from raylane.errors import ConfigError
 
 RECORD_FILE = "run.json"
 # Sections that say where and how to serve or connect, not what is trained: a resumed run may change them.
-RESUMABLE_CHANGES = ("cluster", "serve")
+RESUMABLE_CHANGES = ("cluster", "serve", "storage_path")
 
 
 @dataclass(frozen=True)
@@ -48,33 +49,55 @@ def new_run_name(cfg: PipelineConfig) -> str:
     return f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start(storage_path: str, run_name: str, cfg: PipelineConfig) -> RunRecord:
-    """Returns the record of a new run; ConfigError if the name is taken (runs are never overwritten)."""
+def check_new(storage_path: str, run_name: str) -> None:
+    """ConfigError if a run of this name already exists (runs are never overwritten)."""
     if storage.run_directory_exists(storage_path, run_name):
         raise ConfigError(f"--run-name {run_name!r} already exists under {storage_path}: continue it with "
                           f"--resume {run_name}, or choose another name (runs are never overwritten)")
+
+
+def start(storage_path: str, run_name: str, cfg: PipelineConfig) -> RunRecord:
+    """Returns the record of a new run, saved; ConfigError if the name is taken."""
+    check_new(storage_path, run_name)
     record = RunRecord(run_name=run_name, config=cfg.model_dump(mode="json"))
     save(storage_path, record)
     return record
 
 
-def resume(storage_path: str, run_name: str, cfg: PipelineConfig | None) -> RunRecord:
-    """Returns the record of an existing run, counting this resume. `cfg` (from --config/--set, if
-    given) must describe the same run; ConfigError naming the fields that differ otherwise."""
+def resume(storage_path: str, run_name: str, cfg: PipelineConfig | None,
+           overrides: list[str] = (), from_file: bool = False) -> RunRecord:
+    """Returns the record of an existing run, counting this resume.
+
+    `cfg` is the config the user gave with --config/--set, if any: with --config it must describe
+    the same run; with --set alone only the overridden fields are compared. ConfigError names the
+    fields that differ. The `serve` and `cluster` sections may change."""
     text = storage.read_text(storage.join(storage_path, run_name, RECORD_FILE))
     if text is None:
         raise ConfigError(f"--resume {run_name!r}: no run of that name under {storage_path} "
-                          f"(known runs: {', '.join(known_runs(storage_path)) or 'none'})")
-    record = RunRecord(**json.loads(text))
+                          f"(known runs: {', '.join(known_runs(storage_path)) or 'none'}; a run kept "
+                          "elsewhere needs --set storage_path=...)")
+    try:
+        record = RunRecord(**json.loads(text))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--resume {run_name!r}: its {RECORD_FILE} is unreadable: {err}") from err
     if cfg is not None:
-        changed = _differences(record.config, cfg.model_dump(mode="json"))
+        given = cfg.model_dump(mode="json")
+        changed = _differences(record.config, given)
+        if not from_file:  # --set without --config: only what was set is the user's statement
+            paths = tuple(item.split("=", 1)[0].strip() for item in overrides)
+            changed = [c for c in changed if c.split(":")[0].startswith(paths)]
         if changed:
             raise ConfigError(
                 f"--resume {run_name!r}: the config differs from the one the run started with "
                 f"({'; '.join(changed[:5])}); resume without --config/--set to use the run's own, "
                 "or start a new run")
-        record = dataclasses.replace(record, config={
-            **record.config, **{k: cfg.model_dump(mode="json")[k] for k in RESUMABLE_CHANGES}})
+        if from_file:
+            config = {**record.config, **{k: given[k] for k in RESUMABLE_CHANGES}}
+        else:
+            config = copy.deepcopy(record.config)
+            for item in overrides:
+                _apply_override(config, item)
+        record = dataclasses.replace(record, config=config_from_dict(config).model_dump(mode="json"))
     record = dataclasses.replace(record, resumes=record.resumes + 1)
     save(storage_path, record)
     return record

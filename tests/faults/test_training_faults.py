@@ -30,7 +30,7 @@ pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 # One trial, epochs small and many, so there is time to strike between checkpoints.
-FAULT_RUN = ["tune.num_samples=1", "train.epochs=16", "train.batch_size=16", "serve.enabled=false"]
+FAULT_RUN = ["tune.num_samples=1", "train.epochs=10", "train.batch_size=16", "serve.enabled=false"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def trial_runs(client: MlflowClient, run_name: str) -> list:
         [parent[0].info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
 
 
-def assert_one_clean_run(client: MlflowClient, run_name: str, epochs: int = 16) -> object:
+def assert_one_clean_run(client: MlflowClient, run_name: str, epochs: int = 10) -> object:
     (trial,) = trial_runs(client, run_name)
     for metric in ("train_loss", "val_loss", "val_accuracy"):
         steps = [m.step for m in client.get_metric_history(trial.info.run_id, metric)]
@@ -164,7 +164,7 @@ def test_mlflow_outage_during_training_loses_and_duplicates_nothing(worker_kill_
     assert run["rc"] == 0
     trial = assert_one_clean_run(run["client"], "worker-kill")  # every epoch exactly once
     assert trial.info.status == "FINISHED"
-    assert trial.data.tags["raylane.epochs_completed"] == "16"
+    assert trial.data.tags["raylane.epochs_completed"] == "10"
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(tmp_path, capsys) -> None:

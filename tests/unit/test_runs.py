@@ -24,7 +24,9 @@ def test_resume_names_the_fields_that_differ_and_the_known_runs(tmp_path) -> Non
     storage = str(tmp_path)
     runs.start(storage, "r1", load_config(None, ["train.epochs=3"]))
     with pytest.raises(ConfigError, match=r"train.epochs: 3 -> 5"):
-        runs.resume(storage, "r1", load_config(None, ["train.epochs=5"]))
-    assert runs.resume(storage, "r1", load_config(None, ["train.epochs=3", "serve.port=9000"])).resumes == 1
+        runs.resume(storage, "r1", load_config(None, ["train.epochs=5"]), ["train.epochs=5"])
+    record = runs.resume(storage, "r1", load_config(None, ["serve.port=9000"]), ["serve.port=9000"])
+    assert record.resumes == 1 and record.pipeline_config().serve.port == 9000
+    assert record.pipeline_config().train.epochs == 3  # the run's own config, not the defaults
     with pytest.raises(ConfigError, match=r"no run of that name.*known runs: r1"):
         runs.resume(storage, "nope", None)

@@ -11,6 +11,7 @@ objects are used (no tf_keras).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -20,7 +21,15 @@ import numpy as np
 import ray.train
 
 from raylane.train.model import ModelSpec
-from raylane.train.weights import TF_STATE_FILE, build_keras_mlp, load_keras_model, write_spec
+from raylane.train.weights import (
+    TF_STATE_FILE,
+    build_keras_mlp,
+    history_entry,
+    load_keras_model,
+    read_history,
+    write_history,
+    write_spec,
+)
 
 load_model = load_keras_model  # (model, spec, epoch) from a checkpoint directory
 
@@ -41,11 +50,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         optimizer.build(model.trainable_variables)
 
-    start_epoch = 0
+    start_epoch, history = 0, []  # history: every epoch's metrics so far, kept in the checkpoints
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
         with checkpoint.as_directory() as directory:
             start_epoch = restore_state(directory, model, optimizer) + 1
+            history = read_history(directory)
 
     batch_size = config["batch_size"]
     global_batch = batch_size * strategy.num_replicas_in_sync
@@ -101,10 +111,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_rows": steps * batch_size * world_size,  # rows seen by all workers this epoch
             "epoch_time_s": epoch_time,
         }
+        if epoch == start_epoch and start_epoch > 0:
+            # Epochs before the checkpoint whose reports may have died with a killed driver.
+            metrics["history"] = json.dumps(history)
+        history.append(history_entry(metrics))
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 save_state(directory, model, optimizer, epoch, spec)
+                write_history(directory, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 

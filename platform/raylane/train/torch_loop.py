@@ -6,6 +6,7 @@ built by `raylane.train.trainer.loop_config`: optimiser settings plus the model 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,7 +18,14 @@ import torch
 from torch import nn
 
 from raylane.train.model import ModelSpec, build_mlp
-from raylane.train.weights import TORCH_STATE_FILE, load_torch_model, write_spec
+from raylane.train.weights import (
+    TORCH_STATE_FILE,
+    history_entry,
+    load_torch_model,
+    read_history,
+    write_history,
+    write_spec,
+)
 
 load_model = load_torch_model  # (model, spec, epoch) from a checkpoint directory
 
@@ -32,11 +40,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     loss_fn = nn.CrossEntropyLoss()
 
-    start_epoch = 0
+    start_epoch, history = 0, []  # history: every epoch's metrics so far, kept in the checkpoints
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
         with checkpoint.as_directory() as directory:
             state = torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
+            history = read_history(directory)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
@@ -71,10 +80,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_rows": total_rows * world_size,  # rows seen by all workers this epoch
             "epoch_time_s": epoch_time,
         }
+        if epoch == start_epoch and start_epoch > 0:
+            # Epochs before the checkpoint whose reports may have died with a killed driver.
+            metrics["history"] = json.dumps(history)
+        history.append(history_entry(metrics))
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 save_checkpoint(directory, model, optimizer, epoch, spec)
+                write_history(directory, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 

@@ -18,11 +18,32 @@ from raylane.train.model import ModelSpec, build_mlp
 TORCH_STATE_FILE = "state.pt"
 TF_STATE_FILE = "state.npz"
 SPEC_FILE = "spec.json"
+HISTORY_FILE = "history.json"
+HISTORY_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy")
 
 
 def write_spec(directory: str, spec: ModelSpec) -> None:
     with open(os.path.join(directory, SPEC_FILE), "w") as f:
         json.dump(spec.to_dict(), f)
+
+
+def write_history(directory: str, history: list[dict[str, float]]) -> None:
+    """Writes the metrics of every epoch up to this checkpoint, so a run resumed from it can still
+    record epochs whose reports died with the driver before reaching MLflow."""
+    with open(os.path.join(directory, HISTORY_FILE), "w") as f:
+        json.dump(history, f)
+
+
+def read_history(directory: str) -> list[dict[str, float]]:
+    path = os.path.join(directory, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def history_entry(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
 
 
 def read_spec(directory: str) -> ModelSpec:
