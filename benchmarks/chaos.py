@@ -1,7 +1,7 @@
 """Chaos drill: the demo pipeline while a Train worker and a Serve replica are SIGKILLed.
 
     python -m benchmarks.chaos            # or: make chaos
-    python -m benchmarks.chaos --proxy haproxy --set tune.num_samples=2
+    python -m benchmarks.chaos --proxy python --set tune.num_samples=2
 
 Runs `pipelines.train_tune_serve` on the demo config (2 replicas, in its own local Ray), kills one
 Train worker once the first trial has 2 checkpoints, then, with the endpoint up and clients
@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "pipelines" / "configs" / "digits_torch.yaml"))
-    parser.add_argument("--proxy", choices=("python", "haproxy"), default="python",
-                        help="Serve ingress (serve.proxy)")
+    parser.add_argument("--proxy", choices=("python", "haproxy"), default="haproxy",
+                        help="Serve ingress (serve.proxy): HAProxy replays a request a killed replica "
+                             "had accepted; Serve's Python proxy answers it with a 500")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     parser.add_argument("--workdir", default="chaos_runs", help="storage and MLflow store of the drill")
