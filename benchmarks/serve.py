@@ -61,10 +61,10 @@ def register_model(workdir: Path) -> tuple[str, np.ndarray, list[str]]:
     prepared = data.prepare(DataConfig(source="sklearn:digits"), str(workdir / "storage"))
     promotion = train_and_register(prepared, str(workdir), ModelConfig(name=MODEL), epochs=3, hidden=256,
                                    layers=2)
-    batch = prepared.test.take_batch(64, batch_format="numpy")
+    raw, _ = data.raw_rows(prepared.test, 64)
     ray.shutdown()
     print(f"[bench] registered {MODEL} v{promotion.version} (64-256-256-10 MLP) in {uri}", flush=True)
-    return uri, np.stack(batch["raw"]).astype(float), prepared.feature_columns
+    return uri, raw.to_numpy(dtype=float), prepared.feature_columns
 
 
 class Server:

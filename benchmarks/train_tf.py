@@ -64,7 +64,8 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int,
     import ray
     import ray.data
     from raylane.config import load_config
-    from raylane.data import PreparedData, Standardizer
+    from raylane.data import PreparedData
+    from raylane.preprocess import Column, Preprocessor
     from raylane.train.trainer import build_trainer
 
     ray.init(address="local", num_cpus=workers + 2, include_dashboard=False, logging_level="error")
@@ -74,7 +75,8 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int,
     columns = [f"f{i}" for i in range(FEATURES)]
     prepared = PreparedData(train=train, val=val, test=val, feature_columns=columns,
                             label_column="label", classes=list(range(CLASSES)),
-                            scaler=Standardizer([0.0] * FEATURES, [1.0] * FEATURES), source="synthetic",
+                            preprocessor=Preprocessor([Column(c, "numeric") for c in columns]),
+                            source="synthetic",
                             files=[], digest="")
     cfg = load_config(None, ["train.backend=tensorflow", f"train.num_workers={workers}",
                              f"train.epochs={epochs}", f"train.batch_size={batch}",

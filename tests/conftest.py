@@ -78,8 +78,8 @@ def registry(ray_local, tmp_path_factory):
     champion = tracking.champion_version(uri, "digits", "champion")
     challenger = second.version if champion == first.version else first.version
     client.set_registered_model_alias("digits", "challenger", challenger)
-    batch = prepared.test.take_batch(prepared.test.count(), batch_format="numpy")
-    rows = np.stack(batch["raw"]).astype(np.float64)
-    labels = np.asarray(prepared.classes)[batch["label"]]
+    raw, label_index = data.raw_rows(prepared.test)
+    rows = raw.to_numpy(dtype=np.float64)
+    labels = np.asarray(prepared.classes)[label_index]
     return {"uri": uri, "tmp": tmp, "prepared": prepared, "rows": rows, "labels": labels,
             "champion": champion, "challenger": challenger, "client": client}

@@ -37,9 +37,34 @@ class DataConfig(_Section):
     format: Literal["auto", "parquet", "csv"] = "auto"
     """File format of a path source; 'auto' guesses from the extension."""
     label_column: str = "target"
-    """Column holding the class label (integers 0..k-1 or strings)."""
+    """Column holding the class label (integers or strings)."""
     feature_columns: list[str] | None = None
-    """Numeric feature columns, in model input order. Unset: every column but the label."""
+    """Feature columns, in model input order. Unset: every column but the label and the id."""
+    column_types: dict[str, Literal["numeric", "categorical", "boolean"]] = Field(default_factory=dict)
+    """Kind of a feature column, where its file type is not what you mean (e.g. a numeric code
+    that is a category). Others: numbers numeric, true/false boolean, text categorical."""
+    id_column: str | None = None
+    """Column identifying a row (never a feature): the split hashes it, so an id stays in one split."""
+    on_bad_rows: Literal["fail", "drop"] = "fail"
+    """A row with a value not of its column's kind, a missing label or the wrong number of fields:
+    'fail' stops before training naming file, line and column; 'drop' skips it and counts it."""
+    max_categories: int = Field(default=50, ge=1)
+    """Categorical columns: one-hot over the most frequent train categories; others count as unseen."""
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> DataConfig:
+        if self.id_column is not None and self.id_column == self.label_column:
+            raise ValueError(f"id_column {self.id_column!r} is also the label_column")
+        for special in (self.label_column, self.id_column):
+            if special is not None and special in (self.feature_columns or []):
+                raise ValueError(f"feature_columns lists {special!r}, the label or id column")
+            if special is not None and special in self.column_types:
+                raise ValueError(f"column_types names {special!r}, the label or id column (not a feature)")
+        if self.feature_columns is not None:
+            unknown = [c for c in self.column_types if c not in self.feature_columns]
+            if unknown:
+                raise ValueError(f"column_types names {unknown}, not in feature_columns")
+        return self
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     """Share of rows held out for validation (what Tune optimises)."""
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)

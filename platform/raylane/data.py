@@ -1,13 +1,20 @@
-"""Ray Data stage: read sharded files, validate, split train/val/test, fit and apply scaling.
+"""Ray Data stage: read sharded files by a typed schema, set bad rows aside, split, encode.
 
     data = prepare(cfg.data, cfg.storage_path)
     data.train, data.val, data.test    # materialized Ray Datasets: {"features", "label"}
 
-The split is a hash of each row's raw values and `data.seed`, so it is deterministic whatever
-the file or block order, and duplicate rows never leak between splits. Scaling statistics are
-fitted on train only and travel with the model (`Standardizer`), so the endpoint takes raw values.
-The demo datasets are small, so the three splits are materialized once before training: Ray Data
-then never competes with the Train workers for CPU slots.
+Each file is read by one Ray task (`_ReadFile`), which types every feature column by its kind
+(numeric, categorical, boolean; `raylane.preprocess`) and marks a row bad, with its file, line and
+column, when a value is not of its kind, its label is missing or it has the wrong number of fields.
+Schema drift between files (a column missing, extra, or of another type) is found from the files'
+own schemas before any row is read. The split is a hash of each row's raw values (or its id) and
+`data.seed`, so it is deterministic whatever the file or block order, and duplicate rows never leak
+between splits. Imputation, scaling and one-hot statistics are fitted on train only and travel with
+the model (`Preprocessor`), so the endpoint takes the raw columns by name.
+
+What is materialized, and why: the typed rows once (the split statistics and the three splits are
+computed from them without reading the files again), then the three encoded splits, which the
+Train workers read every epoch without competing with Ray Data for CPU slots.
 """
 
 from __future__ import annotations
@@ -25,26 +32,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raylane import storage
+from raylane import progress, storage
 from raylane.config import SKLEARN_SOURCES, DataConfig
 from raylane.errors import DataError, StorageError
+from raylane.preprocess import Preprocessor, coerce, column_stats, describe_bad, kind_of, merge_stats
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _READY_MARKER = "_RAYLANE_COMPLETE"
-
-
-@dataclass(frozen=True)
-class Standardizer:
-    """Per-feature mean and standard deviation fitted on train; constant features keep scale 1."""
-
-    mean: list[float]
-    std: list[float]
-
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        """Returns the standardized float32 features for raw feature rows."""
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
-        return ((np.asarray(features, dtype=np.float64) - mean) / std).astype(np.float32)
+RAW_PREFIX = "raw:"  # the test split keeps each raw feature column under this prefix
+_LABEL, _SPLIT, _HASH, _ERROR = "__label", "__split", "__hash", "__error"
+BAD_SAMPLE_SIZE = 20
 
 
 @dataclass(frozen=True)
@@ -55,26 +53,33 @@ class PreparedData:
     val: Any
     test: Any
     feature_columns: list[str]
+    """The raw input columns, by name, in model order."""
     label_column: str
     classes: list[Any]
-    scaler: Standardizer
+    preprocessor: Preprocessor
     source: str
     files: list[str]
     digest: str
     num_rows: dict[str, int] = field(default_factory=dict)
+    bad_rows: int = 0
+    """Rows set aside by data.on_bad_rows=drop."""
+    bad_sample: list[str] = field(default_factory=list)
+    """The first bad rows, each 'file line N: column ...: what is wrong'."""
+    drift: list[str] = field(default_factory=list)
+    """Schema differences between files, one line each."""
 
     @property
     def input_dim(self) -> int:
-        return len(self.feature_columns)
+        """Width of the network input (one-hot categories count one column each)."""
+        return self.preprocessor.width
 
     def schema_json(self) -> str:
-        return json.dumps(
-            {"features": self.feature_columns, "label": self.label_column, "classes": self.classes}
-        )
+        return json.dumps({"features": self.preprocessor.kinds, "label": self.label_column,
+                           "classes": self.classes, "encoded": self.preprocessor.output_names()})
 
 
 def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
-    """Returns the split, scaled and materialized datasets described by `cfg`."""
+    """Returns the split, encoded and materialized datasets described by `cfg`."""
     import ray.data
 
     _configure_ray_data()
@@ -84,33 +89,44 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
         fmt = "csv" if all(f.lower().endswith((".csv", ".csv.gz")) for f in files) else "parquet"
     # Read through the source's own filesystem, so URI options (s3 endpoint_override=...) apply.
     fs, _ = _filesystem(source)
-    paths = [f.split("://", 1)[-1] for f in files]
-    read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
-    ds = read(paths, filesystem=fs)
-    features = _validate_schema(ds, cfg, files)
+    schemas = [_file_schema(fs, f, fmt, cfg) for f in files]
+    kinds, drift = _resolve_columns(cfg, files, schemas)
+    for note in drift:
+        progress.say(f"  schema drift: {note}")
 
-    split_fn = _SplitRows(features, cfg.label_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column)
+    split_fn = _SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    items = ray.data.from_items([{"index": i, "path": f} for i, f in enumerate(files)],
+                                override_num_blocks=min(len(files), 256))
     try:
-        rows = ds.map_batches(split_fn, batch_format="pandas").materialize()
+        rows = items.map_batches(reader, batch_size=1, batch_format="pandas") \
+            .map_batches(split_fn, batch_format="pandas").materialize()
+        summary = _summarize(rows, kinds)
     except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
         raise _data_error_in(err, files) from err
-    summary = _summarize(rows)
+    bad = summary["bad_rows"]
+    if bad and cfg.on_bad_rows == "fail":
+        raise DataError(f"data.on_bad_rows=fail: {bad} bad row{'s' if bad > 1 else ''} in "
+                        f"{cfg.source!r}; first: {summary['bad_sample'][0]}. Fix the data, or set "
+                        "data.on_bad_rows: drop to skip such rows (they are counted and logged)")
+    if bad:
+        progress.say(f"  dropped {bad} bad rows (data.on_bad_rows=drop), e.g. {summary['bad_sample'][0]}")
     classes = summary["classes"]
     if len(classes) < 2:
         raise DataError(f"data.label_column {cfg.label_column!r}: needs at least 2 classes, got {classes}")
     if min(summary["num_rows"].values()) == 0:
         raise DataError(f"data.source {cfg.source!r}: too few rows to split ({summary['num_rows']})")
-    scaler = summary["scaler"]
+    preprocessor = Preprocessor.fit(kinds, summary["stats"], cfg.max_categories)
     splits = {
-        name: rows.map_batches(_FinishSplit(code, scaler, classes, keep_raw=name == "test"),
-                               batch_format="numpy").materialize()
+        name: rows.map_batches(_FinishSplit(code, preprocessor, classes, keep_raw=name == "test"),
+                               batch_format="pandas").materialize()
         for name, code in _SPLIT_CODE.items()
     }
     return PreparedData(
         train=splits["train"], val=splits["val"], test=splits["test"],
-        feature_columns=features, label_column=cfg.label_column, classes=classes,
-        scaler=scaler, source=source, files=files, digest=summary["digest"],
-        num_rows=summary["num_rows"],
+        feature_columns=list(kinds), label_column=cfg.label_column, classes=classes,
+        preprocessor=preprocessor, source=source, files=files, digest=summary["digest"],
+        num_rows=summary["num_rows"], bad_rows=bad, bad_sample=summary["bad_sample"], drift=drift,
     )
 
 
@@ -144,8 +160,9 @@ def save_prepared(data: PreparedData, directory: str) -> None:
         getattr(data, name).write_parquet(posixpath.join(root, name), filesystem=fs)
     meta = {
         "feature_columns": data.feature_columns, "label_column": data.label_column,
-        "classes": data.classes, "scaler": {"mean": data.scaler.mean, "std": data.scaler.std},
+        "classes": data.classes, "preprocessor": data.preprocessor.to_dict(),
         "source": data.source, "files": data.files, "digest": data.digest, "num_rows": data.num_rows,
+        "bad_rows": data.bad_rows, "bad_sample": data.bad_sample, "drift": data.drift,
     }
     storage.write_text(storage.join(directory, "prepared.json"), json.dumps(meta))
     storage.write_text(storage.join(directory, _READY_MARKER), "complete\n")
@@ -165,15 +182,23 @@ def load_prepared(directory: str) -> PreparedData | None:
     return PreparedData(
         train=splits["train"], val=splits["val"], test=splits["test"],
         feature_columns=meta["feature_columns"], label_column=meta["label_column"],
-        classes=meta["classes"], scaler=Standardizer(**meta["scaler"]), source=meta["source"],
-        files=meta["files"], digest=meta["digest"], num_rows=meta["num_rows"],
+        classes=meta["classes"], preprocessor=Preprocessor.from_dict(meta["preprocessor"]),
+        source=meta["source"], files=meta["files"], digest=meta["digest"], num_rows=meta["num_rows"],
+        bad_rows=meta["bad_rows"], bad_sample=meta["bad_sample"], drift=meta["drift"],
     )
 
 
 def to_numpy(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """Returns (features, label) arrays of a small prepared split, for evaluation on the driver."""
     batch = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")
-    return np.asarray(batch["features"], dtype=np.float32), np.asarray(batch["label"])
+    return np.stack(batch["features"]).astype(np.float32), np.asarray(batch["label"])
+
+
+def raw_rows(test: Any, limit: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Returns (raw feature columns by name, class indices) of the test split: what a client sends."""
+    batch = test.take_batch(batch_size=limit or test.count(), batch_format="pyarrow").to_pandas()
+    raw = batch[[c for c in batch.columns if c.startswith(RAW_PREFIX)]]
+    return raw.rename(columns=lambda c: c[len(RAW_PREFIX):]), batch["label"].to_numpy()
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -256,32 +281,60 @@ def _safe_listing(fs: pafs.FileSystem, base: str, source: str) -> list[pafs.File
         raise DataError(f"data.source: cannot list {source!r}: {err}") from err
 
 
-def _validate_schema(ds: Any, cfg: DataConfig, files: list[str]) -> list[str]:
-    """Returns the feature columns; DataError naming the file and column."""
+def _file_schema(fs: pafs.FileSystem, path: str, fmt: str, cfg: DataConfig) -> pa.Schema:
+    """Returns one file's column names and types, read from its footer (Parquet) or its first rows (CSV)."""
+    local = path.split("://", 1)[-1]
     try:
-        schema = ds.schema()
-    except Exception as err:  # Ray wraps the reader's error; name the files instead
-        raise DataError(f"data.source {cfg.source!r}: cannot read {files[0]!r}: {err}") from err
-    types = dict(zip(schema.names, schema.types, strict=True))
-    where = files[0] if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more)"
-    if cfg.label_column not in types:
-        raise DataError(
-            f"data.label_column: column {cfg.label_column!r} not found in {where}; "
-            f"columns are {', '.join(types)}"
-        )
-    features = list(cfg.feature_columns or [c for c in types if c != cfg.label_column])
-    for column in features:
-        if column not in types:
-            raise DataError(f"data.feature_columns: column {column!r} not found in {where}")
-        kind = types[column]
-        if not _is_numeric(kind):
-            raise DataError(
-                f"data.feature_columns: column {column!r} in {where} is not numeric ({kind}); "
-                "drop it from feature_columns or encode it as numbers"
-            )
-    if cfg.label_column in features:
-        raise DataError(f"data.feature_columns: the label column {cfg.label_column!r} is listed")
-    return features
+        if fmt == "parquet":
+            return pq.read_schema(local, filesystem=fs)
+        import pyarrow.csv as pacsv
+
+        with fs.open_input_stream(local, compression="detect" if local.endswith(".gz") else None) as f:
+            options = pacsv.ReadOptions(block_size=1 << 20)
+            parse = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+            return pacsv.open_csv(f, read_options=options, parse_options=parse).schema
+    except (OSError, pa.ArrowInvalid) as err:
+        raise DataError(f"data.source {cfg.source!r}: cannot read {path!r}: {err}") from err
+
+
+def _resolve_columns(cfg: DataConfig, files: list[str], schemas: list[pa.Schema]
+                     ) -> tuple[dict[str, str], list[str]]:
+    """Returns the feature columns with their kinds, and the schema drift between files. A column
+    the model needs that a file lacks is an error naming the file; extra columns and type changes
+    are drift: reported, and the values still checked row by row."""
+    first, where = schemas[0], files[0]
+    if cfg.label_column not in first.names:
+        raise DataError(f"data.label_column: column {cfg.label_column!r} not found in {where}; "
+                        f"columns are {', '.join(first.names)}")
+    if cfg.id_column is not None and cfg.id_column not in first.names:
+        raise DataError(f"data.id_column: column {cfg.id_column!r} not found in {where}")
+    special = {cfg.label_column, cfg.id_column}
+    names = list(cfg.feature_columns or [c for c in first.names if c not in special])
+    for name in [*names, *cfg.column_types]:
+        if name not in first.names:
+            field_name = "feature_columns" if name in names else "column_types"
+            raise DataError(f"data.{field_name}: column {name!r} not found in {where}; "
+                            f"columns are {', '.join(first.names)}")
+    if not names:
+        raise DataError(f"data.feature_columns: {where} has no columns besides the label")
+    kinds = {n: cfg.column_types.get(n) or kind_of(first.field(n).type) for n in names}
+    needed = [cfg.label_column, *([cfg.id_column] if cfg.id_column else []), *names]
+    drift = []
+    for path, schema in zip(files[1:], schemas[1:], strict=True):
+        missing = [c for c in needed if c not in schema.names]
+        if missing:
+            raise DataError(f"data.source: schema drift: {path} has no column {missing[0]!r} "
+                            f"(found in {where}); every file needs {', '.join(needed)}")
+        extra = [c for c in schema.names if c not in first.names]
+        if extra:
+            drift.append(f"{path}: extra column{'s' if len(extra) > 1 else ''} {', '.join(extra)} "
+                         f"(not in {where}; ignored)")
+        for name in names:
+            was, now = first.field(name).type, schema.field(name).type
+            if kind_of(was) != kind_of(now) and not pa.types.is_null(now):
+                drift.append(f"{path}: column {name!r} is {now} here, {was} in {where} "
+                             f"(read as {kinds[name]}; values that are not are bad rows)")
+    return kinds, drift
 
 
 def _data_error_in(err: BaseException, files: list[str]) -> DataError:
@@ -299,97 +352,171 @@ def _data_error_in(err: BaseException, files: list[str]) -> DataError:
     return DataError(f"cannot read {files[0]!r}: {text[-1] if text else type(err).__name__}")
 
 
-def _is_numeric(kind: Any) -> bool:
-    try:
-        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-    except TypeError:
-        return False
-
-
 # -- row transforms (callable classes so Ray ships them to the tasks) -------------------------
 
 
-class _SplitRows:
-    """Turns raw rows into {features, label, split, row_hash}: a stable hash decides the split."""
+class _ReadFile:
+    """Reads one file into typed rows: each feature coerced to its kind, the label kept, and
+    `__error` set on a bad row ('file line N: column ...: what is wrong')."""
 
-    def __init__(self, features: list[str], label: str, val: float, test: float, seed: int) -> None:
-        self.features, self.label, self.val, self.test = features, label, val, test
+    def __init__(self, fs: pafs.FileSystem, fmt: str, kinds: dict[str, str], label: str,
+                 id_column: str | None) -> None:
+        self.fs, self.fmt, self.kinds, self.label, self.id_column = fs, fmt, kinds, label, id_column
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        frames = [self._read(int(i), str(p)) for i, p in zip(batch["index"], batch["path"], strict=True)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def _read(self, index: int, path: str) -> pd.DataFrame:
+        local = path.split("://", 1)[-1]
+        columns = [self.label, *([self.id_column] if self.id_column else []), *self.kinds]
+        broken: list[tuple[int | None, str]] = []
+        if self.fmt == "parquet":
+            frame = pq.read_table(local, columns=columns, filesystem=self.fs).to_pandas()
+            lines = np.arange(1, len(frame) + 1)
+            where = "row"
+        else:
+            frame, lines, broken = self._read_csv(local, columns)
+            where = "line"
+        errors = np.full(len(frame), None, dtype=object)
+        out: dict[str, np.ndarray] = {}
+        for name, kind in self.kinds.items():
+            typed, bad = coerce(frame[name], kind)
+            for i in np.flatnonzero(bad & pd.isna(errors)):
+                problem = describe_bad(frame[name].iloc[i], kind)
+                errors[i] = f"{path} {where} {lines[i]}: column {name!r}: {problem}"
+            out[name] = typed.to_numpy(dtype=object if kind == "categorical" else np.float64,
+                                       na_value=None if kind == "categorical" else np.nan)
+        label = frame[self.label]
+        for i in np.flatnonzero(label.isna().to_numpy() & pd.isna(errors)):
+            errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: the label is missing"
+        out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
+        if self.id_column:
+            out[self.id_column] = frame[self.id_column].astype(str).to_numpy(dtype=object)
+        out[_ERROR] = errors
+        if broken:  # rows the CSV parser could not split into the header's fields: all missing
+            for name, values in out.items():
+                fill = np.full(len(broken), np.nan if values.dtype == np.float64 else None,
+                               dtype=values.dtype)
+                out[name] = np.concatenate([values, fill])
+            out[_ERROR][-len(broken):] = [f"{path} line {n if n is not None else '?'}: {text}"
+                                          for n, text in broken]
+        return pd.DataFrame(out)
+
+    def _read_csv(self, local: str, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray, list]:
+        import pyarrow.csv as pacsv
+
+        broken: list[tuple[int | None, str]] = []
+
+        def on_invalid(row: Any) -> str:
+            broken.append((row.number, f"has {row.actual_columns} fields, the header has "
+                                       f"{row.expected_columns}"))
+            return "skip"
+
+        # Features as text: each is coerced by its kind, so '3', '3.0' and 'abc' are judged alike in
+        # every file; the label keeps the type the parser infers.
+        types = {name: pa.string() for name in self.kinds}
+        convert = pacsv.ConvertOptions(include_columns=columns, column_types=types,
+                                       strings_can_be_null=True)
+        parse = pacsv.ParseOptions(invalid_row_handler=on_invalid)
+        with self.fs.open_input_stream(local, compression="detect" if local.endswith(".gz") else None) as f:
+            table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
+                                   parse_options=parse, convert_options=convert)
+        frame = table.to_pandas()
+        # Line numbers of the parsed rows: the header is line 1, and skipped lines are not rows.
+        skipped = sorted(n for n, _ in broken if n is not None)
+        lines, line, k = np.empty(len(frame), dtype=np.int64), 2, 0
+        for i in range(len(frame)):
+            while k < len(skipped) and skipped[k] == line:
+                line, k = line + 1, k + 1
+            lines[i], line = line, line + 1
+        return frame, lines, broken
+
+
+class _SplitRows:
+    """Adds `__split` (0 train, 1 val, 2 test, -1 bad) and `__hash` to typed rows: a stable hash of
+    the row's feature values (or its id) decides the split."""
+
+    def __init__(self, features: list[str], id_column: str | None, val: float, test: float,
+                 seed: int) -> None:
+        self.features, self.id_column, self.val, self.test = features, id_column, val, test
         self.salt = np.uint64(int(hashlib.sha256(str(seed).encode()).hexdigest()[:16], 16))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
-        for column in [self.label, *self.features]:
-            missing = frame[column].isna()
-            if missing.any():
-                raise DataError(f"column {column!r} has {int(missing.sum())} missing values "
-                                f"(first at row {int(missing.to_numpy().argmax())} of a block); "
-                                "fill or drop them before training")
-        values = frame[self.features].astype("float64")
-        hashes = pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
+        keys = frame[[self.id_column]] if self.id_column else frame[self.features]
+        hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy(dtype=np.uint64)
         # pandas ignores hash_key for numbers: mix the seed in with a second hash instead.
         unit = (pd.util.hash_array(hashes ^ self.salt) % 1_000_003) / 1_000_003
         split = np.where(unit < self.test, 2, np.where(unit < self.test + self.val, 1, 0))
-        return pd.DataFrame({
-            "features": list(values.to_numpy(dtype=np.float64)),
-            "label": frame[self.label].to_numpy(),
-            "split": split.astype(np.int8),
-            "row_hash": hashes,
-        })
+        split[frame[_ERROR].notna().to_numpy()] = -1
+        return frame.assign(**{_SPLIT: split.astype(np.int8), _HASH: hashes})
 
 
-def _block_summary(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    x = np.stack(batch["features"]).astype(np.float64)
-    train = x[batch["split"] == 0]
-    label_hash = pd.util.hash_array(np.asarray(batch["label"], dtype=object).astype(str))
-    mixed = batch["row_hash"].astype(np.uint64) * np.uint64(31) + label_hash
-    return {
-        "counts": np.bincount(batch["split"], minlength=len(SPLITS))[None],
-        "sum": train.sum(0)[None],
-        "sumsq": (train * train).sum(0)[None],
-        "hash": np.array([int(mixed.sum(dtype=np.uint64))], dtype=np.uint64),
-        "labels": np.array([json.dumps(sorted({_plain(v) for v in batch["label"]},
-                                               key=lambda v: (str(type(v)), v)))]),
-    }
+class _BlockSummary:
+    def __init__(self, kinds: dict[str, str]) -> None:
+        self.kinds = kinds
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        split = frame[_SPLIT].to_numpy()
+        good = split >= 0
+        labels = frame[_LABEL][good]
+        label_hash = pd.util.hash_array(labels.astype(str).to_numpy(dtype=object))
+        mixed = frame[_HASH].to_numpy(dtype=np.uint64)[good] * np.uint64(31) + label_hash
+        summary = {
+            "counts": np.bincount(split[good], minlength=len(SPLITS)).tolist(),
+            "bad": int((~good).sum()),
+            "bad_sample": frame[_ERROR][~good].head(BAD_SAMPLE_SIZE).tolist(),
+            "stats": column_stats(frame[split == 0], self.kinds),
+            "labels": sorted({_plain(v) for v in labels}, key=lambda v: (str(type(v)), v)),
+            "hash": int(mixed.sum(dtype=np.uint64)),
+        }
+        return pd.DataFrame({"summary": [json.dumps(summary)]})
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _summarize(rows: Any) -> dict[str, Any]:
-    """Returns split sizes, train scaling statistics, class labels and a content digest, in one pass."""
-    parts = rows.map_batches(_block_summary, batch_format="numpy").take_all()
-    counts = np.sum([p["counts"] for p in parts], axis=0)
-    n = max(int(counts[0]), 1)
-    mean = np.sum([p["sum"] for p in parts], axis=0) / n
-    std = np.sqrt(np.maximum(np.sum([p["sumsq"] for p in parts], axis=0) / n - mean * mean, 0.0))
-    std[std < 1e-8] = 1.0
-    classes = sorted({v for p in parts for v in json.loads(str(p["labels"]))},
-                     key=lambda v: (str(type(v)), v))
-    total = sum(int(p["hash"]) for p in parts) % 2**64
+def _summarize(rows: Any, kinds: dict[str, str]) -> dict[str, Any]:
+    """Returns split sizes, bad rows, train statistics, class labels and a content digest, in one pass."""
+    parts = [json.loads(s) for s in rows.map_batches(_BlockSummary(kinds), batch_format="pandas")
+             .to_pandas()["summary"]]
+    counts = np.sum([p["counts"] for p in parts], axis=0) if parts else np.zeros(len(SPLITS), int)
+    classes = sorted({v for p in parts for v in p["labels"]}, key=lambda v: (str(type(v)), v))
+    total = sum(p["hash"] for p in parts) % 2**64
     return {
         "num_rows": {name: int(c) for name, c in zip(SPLITS, counts, strict=True)},
-        "scaler": Standardizer(mean=mean.tolist(), std=std.tolist()),
+        "bad_rows": sum(p["bad"] for p in parts),
+        "bad_sample": [e for p in parts for e in p["bad_sample"]][:BAD_SAMPLE_SIZE],
+        "stats": merge_stats([p["stats"] for p in parts]),
         "classes": classes,
         "digest": hashlib.sha256(f"{total}:{int(counts.sum())}".encode()).hexdigest()[:16],
     }
 
 
 class _FinishSplit:
-    """Keeps one split's rows, standardizes features and maps labels to class indices.
+    """Keeps one split's rows, encodes features and maps labels to class indices.
 
-    The test split also keeps the raw values: the logged model is evaluated on what a client sends.
+    The test split also keeps the raw columns: the logged model is evaluated on what a client sends.
     """
 
-    def __init__(self, code: int, scaler: Standardizer, classes: list[Any], keep_raw: bool) -> None:
-        self.code, self.scaler, self.keep_raw = code, scaler, keep_raw
+    def __init__(self, code: int, preprocessor: Preprocessor, classes: list[Any], keep_raw: bool) -> None:
+        self.code, self.preprocessor, self.keep_raw = code, preprocessor, keep_raw
         self.index = {c: i for i, c in enumerate(classes)}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = batch["split"] == self.code
-        width = len(self.scaler.mean)
-        features = np.stack(batch["features"][keep]) if keep.any() else np.zeros((0, width))
-        labels = np.array([self.index[_plain(v)] for v in batch["label"][keep]], dtype=np.int64)
-        out = {"features": self.scaler.apply(features), "label": labels}
-        if self.keep_raw:
-            out["raw"] = features.astype(np.float64)
-        return out
+    def __call__(self, frame: pd.DataFrame) -> pa.Table:
+        from ray.data.extensions import ArrowTensorArray
+
+        rows = frame[frame[_SPLIT].to_numpy() == self.code]
+        features = self.preprocessor.transform(rows)
+        out = {"features": ArrowTensorArray.from_numpy(features) if len(rows) else
+               pa.array([], type=pa.list_(pa.float32())),
+               "label": pa.array([self.index[_plain(v)] for v in rows[_LABEL]], type=pa.int64())}
+        if self.keep_raw:  # as a client sends them: numbers, text, true/false; null where missing
+            types = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
+            for column in self.preprocessor.columns:
+                values = [None if pd.isna(v) else v for v in rows[column.name]]
+                if column.kind == "boolean":
+                    values = [None if v is None else bool(v) for v in values]
+                out[RAW_PREFIX + column.name] = pa.array(values, type=types[column.kind])
+        return pa.table(out)

@@ -1,8 +1,9 @@
 """The MLflow pyfunc model raylane logs: raw feature columns in, class labels (or probabilities) out.
 
-The scaling fitted on train travels inside the model (`preprocess.json`), next to the trained
-weights (`checkpoint/`), so `mlflow.pyfunc.load_model(...).predict(raw_frame)` and the Serve
-endpoint both take the same raw values the data came with.
+The preprocessing fitted on train (imputation, scaling, one-hot; `raylane.preprocess`) travels
+inside the model (`preprocess.json`), next to the trained weights (`checkpoint/`), so
+`mlflow.pyfunc.load_model(...).predict(raw_frame)` and the Serve endpoint both take the same raw
+columns, by name, that the data came with.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from raylane.preprocess import Column, Preprocessor
+
 PREPROCESS_FILE = "preprocess.json"
 
 
@@ -24,10 +27,9 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         with open(context.artifacts["preprocess"]) as f:
             meta = json.load(f)
-        self.feature_columns: list[str] = meta["feature_columns"]
+        self.preprocessor = _preprocessor(meta)
+        self.feature_columns: list[str] = self.preprocessor.names
         self.classes: list[Any] = meta["classes"]
-        self.mean = np.asarray(meta["mean"], dtype=np.float64)
-        self.std = np.asarray(meta["std"], dtype=np.float64)
         self.framework: str = meta.get("framework", "torch")
         self._load_network(context.artifacts["checkpoint"])
 
@@ -36,17 +38,32 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
                                else _load_torch(directory))
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Returns class probabilities (rows x classes) for raw feature rows in column order."""
-        scaled = ((np.asarray(features, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
-        return self._probabilities(scaled)
+        """Returns class probabilities (rows x classes) for raw rows of an all-numeric model, in
+        column order (NaN for a missing value)."""
+        return self._probabilities(self.preprocessor.transform_numeric(features))
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """Returns class probabilities for raw columns by name; ValueError naming a bad value."""
+        return self._probabilities(self.preprocessor.transform(frame))
+
+    def forward(self, encoded: np.ndarray) -> np.ndarray:
+        """Returns class probabilities for network input (what the preprocessor makes of raw rows)."""
+        return self._probabilities(encoded)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
-        features = _feature_matrix(model_input, self.feature_columns)
-        probabilities = self.predict_proba(features)
+        probabilities = self.predict_frame(_feature_frame(model_input, self.feature_columns))
         if (params or {}).get("return_probabilities"):
             return probabilities
         return np.asarray(self.classes)[probabilities.argmax(axis=1)]
+
+
+def _preprocessor(meta: dict[str, Any]) -> Preprocessor:
+    if "preprocessor" in meta:
+        return Preprocessor.from_dict(meta["preprocessor"])
+    # Models logged before typed columns: numeric columns, standardized, nothing missing.
+    return Preprocessor([Column(name, "numeric", fill=mean, mean=mean, std=std) for name, mean, std
+                         in zip(meta["feature_columns"], meta["mean"], meta["std"], strict=True)])
 
 
 def _load_torch(directory: str) -> Any:
@@ -79,23 +96,21 @@ def _load_tensorflow(directory: str) -> Any:
     return probabilities
 
 
-def _feature_matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """Returns the features in model order, by column name, or by position when names are absent."""
+def _feature_frame(frame: Any, columns: list[str]) -> pd.DataFrame:
+    """Returns the raw features by name, or by position when the input has no column names."""
     if isinstance(frame, pd.DataFrame) and set(columns).issubset(frame.columns):
-        return frame[columns].to_numpy(dtype=np.float64)
-    values = np.asarray(frame, dtype=np.float64)
+        return frame[columns]
+    values = frame.to_numpy() if isinstance(frame, pd.DataFrame) else np.asarray(frame, dtype=object)
     if values.ndim != 2 or values.shape[1] != len(columns):
         raise ValueError(f"expected {len(columns)} feature columns ({columns[0]}..{columns[-1]}), "
                          f"got shape {values.shape}")
-    return values
+    return pd.DataFrame(values, columns=columns)
 
 
-def write_preprocess(path: str, feature_columns: list[str], classes: list[Any], mean: list[float],
-                     std: list[float], framework: str) -> str:
+def write_preprocess(path: str, preprocessor: Preprocessor, classes: list[Any], framework: str) -> str:
     """Writes the preprocessing artifact and returns its path."""
     with open(path, "w") as f:
-        json.dump({"feature_columns": feature_columns, "classes": classes, "mean": mean, "std": std,
-                   "framework": framework}, f)
+        json.dump({"preprocessor": preprocessor.to_dict(), "classes": classes, "framework": framework}, f)
     return path
 
 

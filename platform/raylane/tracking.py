@@ -156,7 +156,12 @@ def log_dataset(data: PreparedData) -> None:
     dataset = MetaDataset(source=source, name=Path(data.source.rstrip("/")).name, digest=data.digest)
     mlflow.log_input(dataset, context="training")
     mlflow.log_params({f"data.rows.{k}": v for k, v in data.num_rows.items()})
+    mlflow.log_param("data.bad_rows_dropped", data.bad_rows)
     mlflow.log_text(data.schema_json(), "data/schema.json")
+    if data.bad_rows:
+        mlflow.log_text("\n".join(data.bad_sample) + "\n", "data/bad_rows_sample.txt")
+    if data.drift:
+        mlflow.log_text("\n".join(data.drift) + "\n", "data/schema_drift.txt")
 
 
 def log_tune_results(table: pd.DataFrame) -> None:
@@ -402,16 +407,19 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     import mlflow
     from mlflow.models import infer_signature
 
+    from raylane.data import raw_rows
     from raylane.mlflow_model import RaylaneClassifier, package_dir, write_preprocess
 
-    raw, labels = _raw_split(data.test, data.feature_columns)
+    raw, labels = raw_rows(data.test)
     example = raw.head(5)
     with tempfile.TemporaryDirectory() as tmp:
-        preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.feature_columns,
-                                      data.classes, data.scaler.mean, data.scaler.std, framework)
+        preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.preprocessor,
+                                      data.classes, framework)
         model = RaylaneClassifier()
         outputs = np.asarray(data.classes)[np.zeros(len(example), dtype=int)]
         signature = infer_signature(example, outputs, params={"return_probabilities": False})
+        if not data.preprocessor.numeric_only:
+            signature = _typed_signature(signature, data.preprocessor)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
@@ -429,9 +437,15 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_accuracy, val_accuracy, params)
 
 
-def _raw_split(split: Any, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    batch = split.take_batch(batch_size=split.count(), batch_format="numpy")
-    return pd.DataFrame(np.stack(batch["raw"]).astype(np.float64), columns=columns), batch["label"]
+def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
+    """The signature of a model with categorical or boolean columns: each column by its kind, and
+    values optional (a missing value is imputed), whatever the few example rows happened to hold."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    types = {"numeric": "double", "categorical": "string", "boolean": "boolean"}
+    inputs = Schema([ColSpec(types[c.kind], c.name, required=False) for c in preprocessor.columns])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
 def _pip_requirements(framework: str) -> list[str]:

@@ -38,8 +38,8 @@ def pipeline(ray_local, serve_port, tmp_path_factory):
 
 
 def raw_test_rows(prepared) -> tuple[list[list[float]], list[int]]:
-    batch = prepared.test.take_batch(prepared.test.count(), batch_format="numpy")
-    return np.stack(batch["raw"]).tolist(), [prepared.classes[i] for i in batch["label"]]
+    raw, labels = data.raw_rows(prepared.test)
+    return raw.to_numpy(dtype=float).tolist(), [prepared.classes[i] for i in labels]
 
 
 def test_best_model_is_registered_as_champion_with_its_test_metric(pipeline) -> None:

@@ -33,9 +33,9 @@ def pipeline(ray_local, serve_port, tmp_path_factory):
     assert train_tune_serve.main(argv) == 0
     cfg = load_config(TINY, overrides)
     prepared = data.prepare(cfg.data, str(tmp / "storage"))
-    batch = prepared.test.take_batch(prepared.test.count(), batch_format="numpy")
+    raw, labels = data.raw_rows(prepared.test)
     return {"uri": uri, "url": f"http://127.0.0.1:{serve_port}", "data": prepared,
-            "rows": np.stack(batch["raw"]), "labels": np.asarray(prepared.classes)[batch["label"]]}
+            "rows": raw.to_numpy(dtype=float), "labels": np.asarray(prepared.classes)[labels]}
 
 
 def test_tf_champion_is_registered_with_pinned_tensorflow(pipeline) -> None:

@@ -29,7 +29,6 @@ CLIENTS = 6
 def champion(tmp_path_factory):
     """An sqlite registry holding one real digits champion (its own short-lived local Ray)."""
     import mlflow
-    import numpy as np
     import ray
     from raylane import data
     from raylane.config import DataConfig, ModelConfig
@@ -43,7 +42,7 @@ def champion(tmp_path_factory):
         mlflow.set_experiment("faults")
         prepared = data.prepare(DataConfig(source="sklearn:digits"), str(tmp / "storage"))
         train_and_register(prepared, str(tmp), ModelConfig(name="digits"), epochs=2, hidden=32, seed=1)
-        row = np.stack(prepared.test.take_batch(1)["raw"])[0].astype(float).tolist()
+        row = data.raw_rows(prepared.test, 1)[0].to_numpy(dtype=float)[0].tolist()
     finally:
         ray.shutdown()
     return {"uri": uri, "tmp": tmp, "row": row}

@@ -1,4 +1,5 @@
-"""Ray Data stage on real Ray: sharded sources, a deterministic split, scaling fitted on train."""
+"""Ray Data stage on real Ray: sharded sources, a deterministic split, preprocessing fitted on train,
+typed columns, bad rows under both policies and schema drift between files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from raylane import data
 from raylane.config import DataConfig
 from raylane.errors import DataError
+
+from tests.typed_data import BAD_LINES, FEATURES, customers, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_scaling_is_fitted_on_train_only(digits) -> None:
     prepared, _ = digits
     x_train, _ = data.to_numpy(prepared.train)
     x_test, _ = data.to_numpy(prepared.test)
-    varying = np.asarray(prepared.scaler.std) != 1.0
+    varying = np.array([c.std != 1.0 for c in prepared.preprocessor.columns])
     assert np.allclose(x_train.mean(axis=0), 0, atol=1e-4)
     assert np.allclose(x_train.std(axis=0)[varying], 1, atol=1e-3)
     assert not np.allclose(x_test.mean(axis=0)[varying], 0, atol=1e-3)
@@ -57,9 +60,10 @@ def test_scaling_is_fitted_on_train_only(digits) -> None:
 
 def test_test_split_keeps_raw_values_for_evaluation(digits) -> None:
     prepared, _ = digits
+    raw, _ = data.raw_rows(prepared.test, 5)
     batch = prepared.test.take_batch(5, batch_format="numpy")
-    raw = np.stack(batch["raw"])
-    assert raw.max() > 1 and np.allclose(prepared.scaler.apply(raw), np.stack(batch["features"]), atol=1e-5)
+    assert list(raw.columns) == prepared.feature_columns and raw.to_numpy().max() > 1
+    assert np.allclose(prepared.preprocessor.transform(raw), np.stack(batch["features"]), atol=1e-5)
 
 
 def test_csv_directory_with_string_labels(ray_local, tmp_path) -> None:
@@ -89,20 +93,79 @@ def test_missing_label_column_names_file_and_columns(ray_local, tmp_path) -> Non
     assert "columns are x, y" in str(err.value)
 
 
-def test_non_numeric_feature_names_the_column(ray_local, tmp_path) -> None:
-    path = tmp_path / "d.csv"
-    pd.DataFrame({"x": [1.0, 2.0], "colour": ["red", "blue"], "y": [0, 1]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"column 'colour' in .*d.csv is not numeric"):
-        data.prepare(DataConfig(source=str(path), label_column="y"), str(tmp_path))
-
-
 def test_unknown_sklearn_source_lists_the_accepted_ones(ray_local, tmp_path) -> None:
     with pytest.raises(DataError, match="'sklearn:iris' is not one of sklearn:digits, sklearn:wine"):
         data.prepare(DataConfig(source="sklearn:iris"), str(tmp_path))
 
 
-def test_missing_values_are_a_data_error_naming_the_column(ray_local, tmp_path) -> None:
+def test_missing_numeric_values_are_imputed_with_the_train_mean(ray_local, tmp_path) -> None:
     path = tmp_path / "d.csv"
-    pd.DataFrame({"x": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"column 'x' has 1 missing values"):
-        data.prepare(DataConfig(source=str(path), label_column="y"), str(tmp_path))
+    x = np.arange(200, dtype=float)
+    x[::4] = np.nan
+    pd.DataFrame({"x": x, "y": np.arange(200) % 2}).to_csv(path, index=False)
+    prepared = data.prepare(DataConfig(source=str(path), label_column="y"), str(tmp_path / "s"))
+    column = prepared.preprocessor.columns[0]
+    assert column.kind == "numeric" and 80 < column.fill < 120 and column.fill == column.mean
+    assert np.isfinite(data.to_numpy(prepared.train)[0]).all()
+    assert sum(prepared.num_rows.values()) == 200 and prepared.bad_rows == 0
+
+
+# --- typed columns and dirty data ------------------------------------------------------------------
+def typed_config(source, **extra) -> DataConfig:
+    return DataConfig(source=str(source), label_column="label", id_column="id", **extra)
+
+
+def test_column_kinds_come_from_the_file_types_and_the_config(ray_local, tmp_path) -> None:
+    frame = customers(300)
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    frame.iloc[:150].to_parquet(pq_dir / "a.parquet")
+    frame.iloc[150:].to_parquet(pq_dir / "b.parquet")
+    prepared = data.prepare(typed_config(pq_dir), str(tmp_path / "s"))
+    assert prepared.preprocessor.kinds == FEATURES and prepared.feature_columns == list(FEATURES)
+    city = prepared.preprocessor.columns[1]
+    assert sorted(city.categories) == ["lyon", "nice", "paris"]
+    assert prepared.input_dim == 6  # age, 3 cities, member, income
+    overridden = data.prepare(typed_config(pq_dir, column_types={"member": "categorical"}),
+                              str(tmp_path / "t"))
+    assert overridden.preprocessor.kinds["member"] == "categorical"
+    assert sum(overridden.num_rows.values()) == 300
+
+
+def test_bad_rows_fail_before_training_naming_file_line_and_column(ray_local, tmp_path) -> None:
+    write_csv(tmp_path / "csv", customers(), bad=True)
+    with pytest.raises(DataError) as err:
+        data.prepare(typed_config(tmp_path / "csv"), str(tmp_path / "s"))
+    message = str(err.value)
+    assert "data.on_bad_rows=fail: 4 bad rows" in message
+    assert "part-1.csv line 302: column 'age': 'abc' is not a number" in message
+    assert "data.on_bad_rows: drop" in message
+
+
+def test_bad_rows_dropped_are_counted_exactly_with_a_sample(ray_local, tmp_path) -> None:
+    write_csv(tmp_path / "csv", customers(), bad=True)
+    prepared = data.prepare(typed_config(tmp_path / "csv", on_bad_rows="drop"), str(tmp_path / "s"))
+    assert prepared.bad_rows == len(BAD_LINES) and sum(prepared.num_rows.values()) == 600
+    for line, (_, problem) in zip(range(302, 306), BAD_LINES, strict=True):
+        expected = f"part-1.csv line {line}: {problem}"
+        assert any(expected in s for s in prepared.bad_sample), prepared.bad_sample
+    x, _ = data.to_numpy(prepared.train)
+    assert x.shape[1] == 6 and np.isfinite(x).all()  # missing ages and cities encoded, not dropped
+
+
+def test_schema_drift_is_reported_by_file(ray_local, tmp_path) -> None:
+    frame = customers(200)
+    (tmp_path / "missing").mkdir()
+    frame.iloc[:100].to_parquet(tmp_path / "missing" / "a.parquet")
+    frame.iloc[100:].drop(columns=["city"]).to_parquet(tmp_path / "missing" / "b.parquet")
+    drift = r"schema drift: .*b.parquet has no column 'city' \(found in .*a.parquet\)"
+    with pytest.raises(DataError, match=drift):
+        data.prepare(typed_config(tmp_path / "missing"), str(tmp_path / "s"))
+    (tmp_path / "drift").mkdir()
+    frame.iloc[:100].to_parquet(tmp_path / "drift" / "a.parquet")
+    changed = frame.iloc[100:].assign(extra=1, income=lambda f: f["income"].astype(str))
+    changed.to_parquet(tmp_path / "drift" / "b.parquet")
+    prepared = data.prepare(typed_config(tmp_path / "drift"), str(tmp_path / "t"))
+    assert any("b.parquet: extra column extra" in d for d in prepared.drift), prepared.drift
+    assert any("b.parquet: column 'income' is" in d and "read as numeric" in d for d in prepared.drift)
+    assert prepared.bad_rows == 0 and sum(prepared.num_rows.values()) == 200  # '49.5' is a number

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,9 +36,12 @@ from raylane.serving.protocols import (
     V1PredictRequest,
     V1PredictResponse,
     check_computable,
+    encode_rows,
     invocations_response,
+    mlflow_error,
     parse_invocations,
     parse_v2,
+    rows_to_frame,
     rows_to_matrix,
     v2_matrix,
     v2_response,
@@ -179,14 +183,16 @@ class ModelServer:
 
     # --- model calls ----------------------------------------------------------------------------------
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
-        """One model call per version for the whole batch; returns each request's probabilities."""
+    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray, bool]]) -> list[np.ndarray]:
+        """One model call per version for the whole batch; returns each request's probabilities.
+        Rows are raw (an all-numeric model) or already encoded (a typed model's network input)."""
         results: list[np.ndarray | None] = [None] * len(items)
-        for version in {model.version for model, _ in items}:
-            members = [i for i, (model, _) in enumerate(items) if model.version == version]
+        for version, encoded in {(model.version, encoded) for model, _, encoded in items}:
+            members = [i for i, (model, _, e) in enumerate(items)
+                       if model.version == version and e == encoded]
             model = items[members[0]][0]
             rows = np.concatenate([items[i][1] for i in members])
-            probabilities = model.predict_proba(rows)
+            probabilities = model.forward(rows) if encoded else model.predict_proba(rows)
             self.metrics.batch(version, len(rows))
             offset = 0
             for i in members:
@@ -194,8 +200,12 @@ class ModelServer:
                 results[i], offset = probabilities[offset:offset + n], offset + n
         return results  # type: ignore[return-value]
 
-    async def _probabilities(self, model: LoadedModel, rows: np.ndarray) -> np.ndarray:
-        probabilities = await self._predict_batch((model, rows))
+    async def _probabilities(self, model: LoadedModel, rows: np.ndarray | pd.DataFrame,
+                             field: str = "inputs") -> np.ndarray:
+        if isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
+            probabilities = await self._predict_batch((model, encode_rows(model, rows, field), True))
+        else:
+            probabilities = await self._predict_batch((model, rows, False))
         check_computable(probabilities)
         return probabilities
 
@@ -204,8 +214,9 @@ class ModelServer:
     async def predict(self, name: str, request: V1PredictRequest) -> Response:
         """Class labels (or probabilities) for rows of raw feature values."""
         model = self._pick(name)
-        rows = rows_to_matrix(request.instances, model.feature_columns)
-        probabilities = await self._probabilities(model, rows)
+        rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
+                else rows_to_frame(request.instances, model.feature_columns))
+        probabilities = await self._probabilities(model, rows, "instances")
         predictions = probabilities.tolist() if request.return_probabilities else \
             model.labels(probabilities).tolist()
         return _answer(V1PredictResponse(predictions=predictions).model_dump_json().encode(), model)
@@ -280,7 +291,10 @@ class ModelServer:
         rows, params = parse_invocations(await request.body(), request.headers.get("content-type"), model)
         if not len(rows):  # an empty frame: MLflow answers with empty predictions
             return _answer(b'{"predictions":[]}', model)
-        probabilities = await self._probabilities(model, rows)
+        try:
+            probabilities = await self._probabilities(model, rows, "input")
+        except BadInput as err:  # in the error shape of `mlflow models serve`
+            raise mlflow_error(err.status, err.message) from None
         return _answer(invocations_response(model, probabilities, params), model)
 
     @app.get("/ping", tags=["Health"])

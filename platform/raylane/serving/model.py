@@ -45,14 +45,25 @@ class LoadedModel:
     feature_columns: list[str]
     classes: list[Any]
     predict_proba: Callable[[np.ndarray], np.ndarray]
+    """Probabilities for raw rows of an all-numeric model, as a float matrix in column order."""
+    kinds: dict[str, str] = field(default_factory=dict)
+    """Kind of each feature column (numeric, categorical, boolean); empty: all numeric."""
+    encode: Callable[[Any], np.ndarray] | None = None
+    """Raw columns by name (a DataFrame) -> network input; ValueError naming a bad value."""
+    forward: Callable[[np.ndarray], np.ndarray] | None = None
+    """Network input -> probabilities."""
     framework: str = "torch"
     input_datatypes: list[str] = field(default_factory=list)
     """V2 datatype of each feature column, from the MLflow signature."""
-    example: list[list[float]] = field(default_factory=list)
+    example: list[list[Any]] = field(default_factory=list)
     """A few raw input rows from the logged input example (docs and warm-up)."""
     pyfunc: Any = None
     """The MLflow PyFuncModel, for its signature (the /invocations schema checks)."""
     load_seconds: float = 0.0
+
+    @property
+    def numeric_only(self) -> bool:
+        return all(kind == "numeric" for kind in self.kinds.values())
 
     @property
     def label_datatype(self) -> str:
@@ -63,6 +74,12 @@ class LoadedModel:
 
     def warm_up(self) -> None:
         """Runs the example through the network once, so the first real request is not the slow one."""
+        if not self.numeric_only and self.encode is not None and self.forward is not None:
+            import pandas as pd
+
+            rows = self.example or [[None] * len(self.feature_columns)]
+            self.forward(self.encode(pd.DataFrame(rows, columns=self.feature_columns)))
+            return
         rows = np.asarray(self.example or [[0.0] * len(self.feature_columns)], dtype=np.float64)
         self.predict_proba(rows)
 
@@ -80,7 +97,9 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     columns = list(inner.feature_columns)
     model = LoadedModel(
         name=name, version=str(version), feature_columns=columns, classes=list(inner.classes),
-        predict_proba=inner.predict_proba, framework=getattr(inner, "framework", "unknown"),
+        predict_proba=inner.predict_proba, kinds=dict(inner.preprocessor.kinds),
+        encode=inner.preprocessor.transform, forward=inner.forward,
+        framework=getattr(inner, "framework", "unknown"),
         input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns),
         pyfunc=pyfunc,
     )
@@ -97,7 +116,7 @@ def _input_datatypes(pyfunc: Any, columns: list[str]) -> list[str]:
     return [V2_DATATYPES.get(types.get(c, "double"), "FP64") for c in columns]
 
 
-def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[float]]:
+def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[Any]]:
     try:
         example = pyfunc.input_example
     except Exception:  # an example that fails to load only costs the docs their sample
@@ -108,6 +127,7 @@ def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[float]]:
         import pandas as pd
 
         frame = example if isinstance(example, pd.DataFrame) else pd.DataFrame(example)
-        return frame[columns].head(3).to_numpy(dtype=np.float64).tolist()
+        frame = frame[columns].head(3).astype(object)
+        return frame.where(frame.notna(), None).to_numpy().tolist()
     except (KeyError, ValueError, TypeError):
         return []

@@ -13,6 +13,8 @@ from raylane.serving.auth import OPEN_PATHS
 from raylane.serving.model import LoadedModel, ServeArgs
 from raylane.serving.protocols import InvocationsRequest, V2InferRequest, V2InferResponse
 
+V2_KIND_DATATYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL"}
+
 
 class TensorMetadata(BaseModel):
     name: str
@@ -55,11 +57,16 @@ def input_datatype(model: LoadedModel) -> str:
 
 
 def model_metadata(model: LoadedModel, held: dict[str, str]) -> ModelMetadata:
+    if model.numeric_only:
+        inputs = [TensorMetadata(name="features", datatype=input_datatype(model),
+                                 shape=[-1, len(model.feature_columns)])]
+    else:  # categorical or boolean columns: one input per feature, by name
+        inputs = [TensorMetadata(name=c, datatype=V2_KIND_DATATYPES[model.kinds[c]], shape=[-1])
+                  for c in model.feature_columns]
     return ModelMetadata(
         name=model.name, versions=sorted(held, key=lambda v: int(v) if v.isdigit() else 0),
         platform=f"mlflow-pyfunc/{model.framework}",
-        inputs=[TensorMetadata(name="features", datatype=input_datatype(model),
-                               shape=[-1, len(model.feature_columns)])],
+        inputs=inputs,
         outputs=[TensorMetadata(name="predictions", datatype=model.label_datatype, shape=[-1]),
                  TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)])],
         parameters={"version": model.version, "feature_names": model.feature_columns,
@@ -82,10 +89,14 @@ def schema(app: Any, args: ServeArgs, model: LoadedModel) -> dict[str, Any]:
     columns, width = model.feature_columns, len(model.feature_columns)
     # Under auth the document is public, so it shows zeros rather than rows of the real data.
     rows = (model.example[:2] if args.auth is None else []) or [[0.0] * width]
-    _tighten_v1(components.get("V1PredictRequest"), columns, rows)
-    components["V2InferRequest"]["example"] = {"id": "1", "inputs": [
-        {"name": "features", "shape": [len(rows), width], "datatype": "FP64",
-         "data": [v for row in rows for v in row]}]}
+    _tighten_v1(components.get("V1PredictRequest"), columns, rows, model.kinds)
+    if model.numeric_only:
+        inputs = [{"name": "features", "shape": [len(rows), width], "datatype": "FP64",
+                   "data": [v for row in rows for v in row]}]
+    else:
+        inputs = [{"name": c, "shape": [len(rows)], "datatype": V2_KIND_DATATYPES[model.kinds[c]],
+                   "data": [row[i] for row in rows]} for i, c in enumerate(columns)]
+    components["V2InferRequest"]["example"] = {"id": "1", "inputs": inputs}
     components["InvocationsRequest"]["example"] = {"dataframe_split": {"columns": columns, "data": rows}}
     if args.auth is not None:
         components_root = spec["components"]
@@ -104,16 +115,31 @@ def schema(app: Any, args: ServeArgs, model: LoadedModel) -> dict[str, Any]:
     return spec
 
 
-def _tighten_v1(doc: dict[str, Any] | None, columns: list[str], rows: list[list[float]]) -> None:
-    """Makes each V1 instance exactly `width` numbers, or an object with every feature name."""
+def _tighten_v1(doc: dict[str, Any] | None, columns: list[str], rows: list[list[Any]],
+                kinds: dict[str, str]) -> None:
+    """Makes each V1 instance exactly one value per feature, in order, or an object with every
+    feature name: numbers for numeric columns, text for categorical ones, true/false for boolean
+    ones (null allowed where the model imputes: a model with categorical or boolean columns)."""
     if not doc:
         return
     width = len(columns)
+    numeric_only = all(kinds.get(c, "numeric") == "numeric" for c in columns)
+    json_types = {"numeric": "number", "categorical": "string", "boolean": "boolean"}
+
+    def value(column: str) -> dict[str, Any]:
+        kind = json_types[kinds.get(column, "numeric")]
+        return {"type": kind} if numeric_only else {"anyOf": [{"type": kind}, {"type": "null"}]}
+
     items = doc.get("properties", {}).get("instances", {}).get("items", {})
     for variant in items.get("anyOf", []):
         if variant.get("type") == "array":
             variant.update(minItems=width, maxItems=width)
+            if numeric_only:
+                variant["items"] = {"type": "number"}
+            else:
+                variant.pop("items", None)
+                variant["prefixItems"] = [value(c) for c in columns]
         elif variant.get("type") == "object":
-            variant.update(required=columns, properties={c: {"type": "number"} for c in columns},
+            variant.update(required=columns, properties={c: value(c) for c in columns},
                            additionalProperties=False)
     doc["example"] = {"instances": rows}

@@ -5,8 +5,10 @@
     MLflow scoring POST /invocations                        {"dataframe_split" | "dataframe_records" |
                                                              "instances" | "inputs": ...} or text/csv
 
-Each parser returns the rows as a float matrix in the model's column order, or raises BadInput
-with the HTTP status and a message that names the offending field.
+Each parser returns the rows as a float matrix in the model's column order (an all-numeric model),
+or as a DataFrame of the raw columns by name (a model with categorical or boolean columns, whose
+preprocessor types, imputes and encodes them), or raises BadInput with the HTTP status and a
+message that names the offending field.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these models' field types at runtime.
@@ -15,11 +17,13 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raylane.serving.model import LoadedModel
 
 Number = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+Value = Number | bool | str | None  # a raw column value: categorical and boolean columns take text
 BINARY_HEADER = "Inference-Header-Content-Length"
 V2_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
             "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -39,8 +43,10 @@ class V1PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[list[Number] | dict[str, Number]] = Field(min_length=1)
-    """Rows: lists of numbers in feature order, or objects mapping feature name to value."""
+    instances: list[list[Value] | dict[str, Value]] = Field(min_length=1)
+    """Rows: lists of values in feature order, or objects mapping feature name to value. Numbers for
+    numeric columns; text for categorical ones; true/false for boolean ones; null for missing
+    values where the model was trained with imputation (categorical and boolean models)."""
     return_probabilities: bool = False
     """Return class probabilities instead of class labels."""
 
@@ -66,10 +72,36 @@ def rows_to_matrix(instances: list[Any], columns: list[str], field: str = "insta
         if len(row) != width:
             raise BadInput(400, f"{field}[{i}] has {len(row)} values; the model expects {width} "
                                 f"numbers ({columns[0]}..{columns[-1]})")
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in row):
-            raise BadInput(400, f"{field}[{i}]: values must be finite numbers")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in row):
+            raise BadInput(422, f"{field}[{i}]: values must be finite numbers")
         matrix[i] = row
     return matrix
+
+
+def rows_to_frame(instances: list[Any], columns: list[str], field: str = "instances") -> pd.DataFrame:
+    """Returns the rows as raw columns by name (a typed model); BadInput naming the first bad row."""
+    width, rows = len(columns), []
+    for i, row in enumerate(instances):
+        if isinstance(row, dict):
+            unknown = [c for c in row if c not in columns]
+            if unknown:
+                raise BadInput(400, f"{field}[{i}]: unknown {unknown[:3]}; the features are "
+                                    f"{', '.join(columns)}")
+            row = [row.get(c) for c in columns]  # an absent feature is a missing value
+        if len(row) != width:
+            raise BadInput(400, f"{field}[{i}] has {len(row)} values; the model expects {width} "
+                                f"({', '.join(columns)})")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def encode_rows(model: LoadedModel, frame: pd.DataFrame, field: str) -> np.ndarray:
+    """The network input for raw columns by name; BadInput naming the column and row of a bad value."""
+    try:
+        return model.encode(frame)
+    except (ValueError, TypeError) as err:
+        raise BadInput(400, f"{field}: {err}") from None
 
 
 def check_computable(probabilities: np.ndarray) -> None:
@@ -131,12 +163,15 @@ def parse_v2(body: bytes, json_length: str | None) -> tuple[V2InferRequest, byte
         raise BadInput(400, describe_validation(err)) from None
 
 
-def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.ndarray:
-    """Returns the request's rows in column order; BadInput naming the bad input otherwise."""
+def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.ndarray | pd.DataFrame:
+    """Returns the request's rows in column order (a DataFrame by column name for a typed model);
+    BadInput naming the bad input otherwise."""
     columns, width = model.feature_columns, len(model.feature_columns)
     for i, out in enumerate(request.outputs or []):
         if out.name not in OUTPUTS:
             raise BadInput(400, f"outputs[{i}]: unknown output {out.name!r}; this model has {list(OUTPUTS)}")
+    if not model.numeric_only:
+        return _v2_frame(request, binary, model)
     tensors, offset = [], 0
     for i, tensor in enumerate(request.inputs):
         where = f"inputs[{i}] ({tensor.name!r})"
@@ -198,6 +233,49 @@ def _json_values(tensor: V2Tensor, where: str, count: int) -> np.ndarray:
         return values.reshape(-1).astype(np.float64)
     except OverflowError:
         raise BadInput(400, f"{where}: a value is out of range") from None
+
+
+def _v2_frame(request: V2InferRequest, binary: bytes, model: LoadedModel) -> pd.DataFrame:
+    """A typed model takes one input per feature, named after it, of shape [n] (or [n, 1]):
+    BYTES for a categorical column, BOOL (or numbers) for a boolean one, numbers for a numeric one;
+    a null in `data` is a missing value."""
+    columns, kinds = model.feature_columns, model.kinds
+    if binary:
+        raise BadInput(400, "inputs: this model has categorical or boolean features; send its inputs "
+                            "as JSON `data`, one input per feature")
+    by_name: dict[str, Any] = {}
+    for i, tensor in enumerate(request.inputs):
+        where = f"inputs[{i}] ({tensor.name!r})"
+        if tensor.name not in kinds:
+            raise BadInput(400, f"{where}: unknown input; this model takes one input per feature, named "
+                                f"{', '.join(f'{c} ({kinds[c]})' for c in columns)}")
+        if tensor.name in by_name:
+            raise BadInput(400, f"{where}: the input is repeated")
+        if tensor.datatype != "BYTES" and tensor.datatype not in V2_NUMPY:
+            raise BadInput(400, f"{where}: datatype {tensor.datatype!r} is not supported; one of BYTES, "
+                                f"{', '.join(V2_NUMPY)}")
+        if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
+            raise BadInput(400, f"{where}: shape {tensor.shape}; each feature input has shape [n] or [n, 1]")
+        if tensor.data is None:
+            raise BadInput(400, f"{where}: no data")
+        values = _flat(tensor.data)
+        if len(values) != tensor.shape[0]:
+            raise BadInput(400, f"{where}: {len(values)} values do not fill shape {tensor.shape}")
+        by_name[tensor.name] = values
+    missing = [c for c in columns if c not in by_name]
+    if missing:
+        raise BadInput(400, f"inputs: missing inputs {missing[:3]}; this model takes one input per "
+                            f"feature: {', '.join(f'{c} ({kinds[c]})' for c in columns)}")
+    if len({len(v) for v in by_name.values()}) != 1:
+        raise BadInput(400, "inputs: every feature input needs the same number of rows")
+    frame = pd.DataFrame({c: pd.Series(by_name[c], dtype=object) for c in columns})
+    if frame.empty:
+        raise BadInput(400, "inputs: no rows to predict (the batch dimension is 0)")
+    return frame
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    return [v for item in data for v in (item if isinstance(item, list) else [item])]
 
 
 def _columns_matrix(tensors: list[Any], columns: list[str]) -> np.ndarray:
@@ -269,7 +347,7 @@ def mlflow_error(status: int, message: str, error_code: str = "BAD_REQUEST") -> 
 
 
 def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
-                      ) -> tuple[np.ndarray, dict[str, Any]]:
+                      ) -> tuple[np.ndarray | pd.DataFrame, dict[str, Any]]:
     """Parses an /invocations body the way `mlflow models serve` does; returns (rows, params).
     Rows may be empty (MLflow answers an empty frame with empty predictions)."""
     from io import StringIO
@@ -287,7 +365,7 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         raise mlflow_error(415, "This predictor only supports the following content types: Types: "
                                 f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}']. "
                                 f"Got '{content_type or ''}'.")
-    if mime == scoring.CONTENT_TYPE_JSON:
+    if mime == scoring.CONTENT_TYPE_JSON and model.numeric_only:
         fast = _numeric_invocation(body, model.feature_columns)
         if fast is not None:
             return fast
@@ -370,9 +448,9 @@ def _numeric_rows(request: Any, columns: list[str]) -> tuple[np.ndarray, dict[st
     return matrix, _known_params(params)
 
 
-def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray:
-    """Applies the model signature like pyfunc.predict does, then orders the columns."""
-    import pandas as pd
+def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray | pd.DataFrame:
+    """Applies the model signature like pyfunc.predict does, then orders the columns (a typed
+    model: returns its raw columns by name)."""
     from mlflow.models.utils import _enforce_schema
 
     columns = model.feature_columns
@@ -382,6 +460,12 @@ def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray
         data = pd.DataFrame(data)
     if schema is not None:
         data = _enforce_schema(data, schema)
+    if not model.numeric_only:
+        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise BadInput(400, f"missing columns {missing[:3]}; the features are {', '.join(columns)}")
+        return frame[columns]
     try:
         frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
         matrix = frame[columns].to_numpy(dtype=np.float64)

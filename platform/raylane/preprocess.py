@@ -1,0 +1,219 @@
+"""Typed feature columns to the network's float matrix: coercion, imputation, scaling, one-hot.
+
+    pre = Preprocessor.fit(kinds, stats)          # statistics gathered on the train split only
+    x = pre.transform(frame)                      # raw columns by name -> float32 [n, pre.width]
+
+Column kinds:
+    numeric      a number; missing -> the train mean; then standardized with the train mean and std
+    boolean      true/false, 1/0, yes/no; missing -> the train share of true; kept as 0..1
+    categorical  any value, compared as text; one column per train category (the most frequent
+                 `max_categories`); a missing value or one never seen in training -> all zeros
+
+The same coercion decides what a bad value is when the data is read (`coerce`) and what a client
+may send to the endpoint, so training and serving can never disagree on a row. The preprocessor is
+plain JSON (`to_dict`/`from_dict`) and travels inside the logged model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+Kind = Literal["numeric", "categorical", "boolean"]
+KINDS: tuple[str, ...] = ("numeric", "categorical", "boolean")
+_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0"}
+
+
+def coerce(values: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
+    """Returns (typed values, bad mask): float64 for numeric and boolean (NaN where missing), text
+    (None where missing) for categorical. A present value that is not of the kind is bad."""
+    present = values.notna().to_numpy()
+    if kind == "numeric":
+        if pd.api.types.is_bool_dtype(values.dtype):
+            typed = values.astype("float64")
+        else:
+            typed = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = present & ~np.isfinite(typed.to_numpy(dtype=np.float64, na_value=np.nan))
+        return typed.where(~bad), bad
+    if kind == "boolean":
+        text = values.map(lambda v: None if _missing(v) else str(v).strip().lower())
+        typed = text.map(lambda v: 1.0 if v in _TRUE else 0.0 if v in _FALSE else np.nan).astype("float64")
+        bad = present & typed.isna().to_numpy()
+        return typed, bad
+    if kind == "categorical":
+        typed = pd.Series([None if _missing(v) else _text(v) for v in values], index=values.index,
+                          dtype=object)
+        return typed, np.zeros(len(values), dtype=bool)
+    raise ValueError(f"unknown column kind {kind!r}; one of {', '.join(KINDS)}")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (not isinstance(value, str | bool) and bool(pd.isna(value)))
+
+
+def _text(value: Any) -> str:
+    """A category's text: 3 and 3.0 and '3' are the same category, whatever the file format."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def describe_bad(value: Any, kind: str) -> str:
+    return f"{value!r} is not {'a number' if kind == 'numeric' else 'true/false'}"
+
+
+def kind_of(arrow_type: Any) -> str:
+    """The default kind of a column from its Arrow type: numbers numeric, bools boolean, else categorical."""
+    import pyarrow as pa
+
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "numeric"
+    return "categorical"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    fill: float = 0.0
+    """numeric, boolean: the value a missing one takes (train mean, train share of true)."""
+    mean: float = 0.0
+    std: float = 1.0
+    categories: list[str] = field(default_factory=list)
+    """categorical: the train categories, one output column each, most frequent first."""
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.kind == "categorical" else 1
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    columns: list[Column]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {c.name: c.kind for c in self.columns}
+
+    @property
+    def width(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    @property
+    def numeric_only(self) -> bool:
+        return all(c.kind == "numeric" for c in self.columns)
+
+    def output_names(self) -> list[str]:
+        names = []
+        for c in self.columns:
+            names += [f"{c.name}={v}" for v in c.categories] if c.kind == "categorical" else [c.name]
+        return names
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Returns the float32 network input for raw columns by name; ValueError naming the first
+        column with a value of the wrong kind (the row is its position in `frame`)."""
+        parts = []
+        for c in self.columns:
+            typed, bad = coerce(frame[c.name], c.kind)
+            if bad.any():
+                row = int(bad.argmax())
+                problem = describe_bad(frame[c.name].iloc[row], c.kind)
+                raise ValueError(f"column {c.name!r}, row {row}: {problem}")
+            parts.append(self._encode(c, typed))
+        if not parts:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def transform_numeric(self, rows: np.ndarray) -> np.ndarray:
+        """The fast path of an all-numeric preprocessor: a float matrix in column order (NaN missing)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        fill = np.array([c.fill for c in self.columns])
+        mean = np.array([c.mean for c in self.columns])
+        std = np.array([c.std for c in self.columns])
+        return ((np.where(np.isnan(rows), fill, rows) - mean) / std).astype(np.float32)
+
+    @staticmethod
+    def _encode(column: Column, typed: pd.Series) -> np.ndarray:
+        if column.kind == "categorical":
+            index = {v: i for i, v in enumerate(column.categories)}
+            codes = typed.map(lambda v: index.get(v, -1)).to_numpy(dtype=np.int64)
+            out = np.zeros((len(typed), len(column.categories)), dtype=np.float32)
+            hit = codes >= 0
+            out[np.flatnonzero(hit), codes[hit]] = 1.0
+            return out
+        values = typed.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.where(np.isnan(values), column.fill, values)
+        if column.kind == "numeric":
+            values = (values - column.mean) / column.std
+        return values[:, None]
+
+    @classmethod
+    def fit(cls, kinds: dict[str, str], stats: dict[str, dict[str, Any]], max_categories: int
+            ) -> Preprocessor:
+        """Builds the preprocessor from train statistics per column: numeric and boolean
+        {n, sum, sumsq}, categorical {counts: {value: n}}."""
+        columns = []
+        for name, kind in kinds.items():
+            s = stats.get(name, {})
+            if kind == "categorical":
+                counts = s.get("counts", {})
+                top = sorted(counts, key=lambda v: (-counts[v], v))[:max_categories]
+                columns.append(Column(name, kind, categories=top))
+                continue
+            n = max(int(s.get("n", 0)), 0)
+            mean = float(s.get("sum", 0.0)) / n if n else 0.0
+            if kind == "boolean":
+                columns.append(Column(name, kind, fill=mean))
+                continue
+            var = float(s.get("sumsq", 0.0)) / n - mean * mean if n else 0.0
+            std = float(np.sqrt(max(var, 0.0)))
+            columns.append(Column(name, kind, fill=mean, mean=mean, std=std if std > 1e-8 else 1.0))
+        return cls(columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        return cls([Column(**c) for c in data["columns"]])
+
+
+def column_stats(frame: pd.DataFrame, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per-column statistics of typed rows (see `Preprocessor.fit`); summed across blocks by `merge_stats`."""
+    stats: dict[str, dict[str, Any]] = {}
+    for name, kind in kinds.items():
+        column = frame[name]
+        if kind == "categorical":
+            counts = pd.Series(column.to_numpy(dtype=object)).value_counts(dropna=True)
+            stats[name] = {"counts": {str(k): int(v) for k, v in counts.items()}}
+        else:
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            values = values[~np.isnan(values)]
+            stats[name] = {"n": int(values.size), "sum": float(values.sum()),
+                           "sumsq": float((values * values).sum())}
+    return stats
+
+
+def merge_stats(parts: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, s in part.items():
+            into = merged.setdefault(name, {})
+            if "counts" in s:
+                counts = into.setdefault("counts", {})
+                for value, n in s["counts"].items():
+                    counts[value] = counts.get(value, 0) + n
+            else:
+                for key in ("n", "sum", "sumsq"):
+                    into[key] = into.get(key, 0) + s[key]
+    return merged
