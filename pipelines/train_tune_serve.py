@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     with progress.stage("data", cfg.data.source):
         prepared, reused = data.prepare_once(cfg.data, storage_path, join(storage_path, run_name, "data"))
         progress.say(f"  {'reused the prepared splits: ' if reused else ''}rows {prepared.num_rows}, "
-                     f"{prepared.input_dim} features, {len(prepared.classes)} classes, "
+                     f"{len(prepared.feature_columns)} features ({prepared.input_dim} encoded), "
+                     f"{len(prepared.classes)} classes, "
                      f"digest {prepared.digest}")
 
     with tracking.pipeline_run(cfg, run_name, experiment_id, record.mlflow_run_id, record.resumes) as parent:
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.stage("serve", f"{cfg.model.name}@{cfg.model.champion_alias}"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     deploy.announce(url, cfg.model)
-    progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.input_dim))
+    progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.preprocessor.kinds))
     deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
     return 0
 

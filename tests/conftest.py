@@ -12,6 +12,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)  # never join a stray cluster from the tests
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")  # slow starts under load
+# The S3 tests talk to a local moto server; Ray workers started by the session's Ray read these too.
+# They also keep a developer's real AWS credentials out of the tests.
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+os.environ.update(AWS)
 
 
 def free_port() -> int:

@@ -204,6 +204,31 @@ def raw_rows(test: Any, limit: int | None = None) -> tuple[pd.DataFrame, np.ndar
 # -- sources ---------------------------------------------------------------------------------
 
 
+def from_dataframe(frame: Any, storage_path: str, name: str = "dataframe", num_shards: int = 4) -> str:
+    """Writes an in-memory pandas or Dask DataFrame as Parquet shards under the storage path and
+    returns the source to put in `data.source`, so the rows take the same typed, checked path as
+    files (and a resumed run finds them). A Dask DataFrame is handed over partition by partition
+    (`ray.data.from_dask`), never collected on the driver.
+
+        cfg = load_config("my.yaml", [f"data.source={data.from_dataframe(df, storage)}"])
+    """
+    import ray.data
+
+    _configure_ray_data()
+    if isinstance(frame, pd.DataFrame):
+        dataset = ray.data.from_pandas(frame.reset_index(drop=True)).repartition(num_shards)
+    elif type(frame).__module__.startswith("dask"):
+        dataset = ray.data.from_dask(frame)
+    else:
+        raise DataError(f"from_dataframe: expected a pandas or Dask DataFrame, got {type(frame).__name__}")
+    source = storage.join(storage_path, "datasets", name)
+    fs, root = storage.split(source)
+    if fs.get_file_info(root).type != pafs.FileType.NotFound:
+        fs.delete_dir(root)
+    dataset.write_parquet(root, filesystem=fs)
+    return source
+
+
 def _resolve_source(cfg: DataConfig, storage_path: str) -> tuple[str, str]:
     if cfg.source.startswith("sklearn:"):
         name = cfg.source.removeprefix("sklearn:")

@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pyarrow.fs as pafs
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import free_port
+from tests.s3_server import AWS, s3_bucket
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,31 +24,13 @@ EPOCHS = 6
 # Two trials one after the other, so a kill can fall after the first finished and during the second.
 RUN = ["tune.num_samples=2", "tune.max_concurrent_trials=1", f"train.epochs={EPOCHS}",
        "train.batch_size=16", "serve.enabled=false"]
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3():
     """A moto S3 server on 127.0.0.1 with a bucket `runs`; yields the storage_path URI."""
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}", timeout=2)
-            break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.3)
-    # Objects stay under pyarrow's multipart threshold with allow_delayed_open (moto 5.2 answers
-    # pyarrow's CompleteMultipartUpload in a way the AWS SDK rejects; real S3 does not need it).
-    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1&allow_delayed_open=true"
-    os.environ.update(AWS)
-    fs, _ = pafs.FileSystem.from_uri(f"s3://runs?{options}&allow_bucket_creation=true")
-    fs.create_dir("runs")
-    yield {"uri": f"s3://runs/raylane?{options}", "fs": fs}
-    server.kill()
+    with s3_bucket("runs") as bucket:
+        yield {"uri": f"s3://runs/raylane?{bucket['options']}", "fs": bucket["fs"]}
 
 
 def pipeline(s3, tmp: Path, *args: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from raylane import data
 from raylane.config import DataConfig
 from raylane.errors import DataError
 
+from tests.s3_server import s3_bucket
 from tests.typed_data import BAD_LINES, FEATURES, customers, write_csv
 
 
@@ -169,3 +170,39 @@ def test_schema_drift_is_reported_by_file(ray_local, tmp_path) -> None:
     assert any("b.parquet: extra column extra" in d for d in prepared.drift), prepared.drift
     assert any("b.parquet: column 'income' is" in d and "read as numeric" in d for d in prepared.drift)
     assert prepared.bad_rows == 0 and sum(prepared.num_rows.values()) == 200  # '49.5' is a number
+
+
+def test_pandas_and_dask_frames_are_sources_with_the_same_rows(ray_local, tmp_path) -> None:
+    import dask.dataframe as dd
+
+    frame = customers(400)
+    from_pandas = data.prepare(typed_config(data.from_dataframe(frame, str(tmp_path), "pandas")),
+                               str(tmp_path))
+    source = data.from_dataframe(dd.from_pandas(frame, npartitions=3), str(tmp_path), "dask")
+    from_dask = data.prepare(typed_config(source), str(tmp_path))
+    assert sum(from_pandas.num_rows.values()) == 400 and from_pandas.preprocessor.kinds == FEATURES
+    assert from_dask.digest == from_pandas.digest and from_dask.num_rows == from_pandas.num_rows
+    with pytest.raises(DataError, match="expected a pandas or Dask DataFrame, got list"):
+        data.from_dataframe([1, 2], str(tmp_path))
+
+
+def test_s3_csv_glob_and_parquet_sources_on_an_s3_server(ray_local, tmp_path) -> None:
+    import pyarrow.parquet as pq
+    from pyarrow import Table
+
+    with s3_bucket("data") as bucket:
+        fs, options = bucket["fs"], bucket["options"]
+        for path in write_csv(tmp_path / "csv", customers(300), bad=True):
+            fs.create_dir("data/csv")
+            with fs.open_output_stream(f"data/csv/{path.name}") as out:
+                out.write(path.read_bytes())
+        fs.create_dir("data/pq")
+        pq.write_table(Table.from_pandas(customers(300)), "data/pq/part-0.parquet", filesystem=fs)
+        csv = data.prepare(typed_config(f"s3://data/csv/*.csv?{options}", on_bad_rows="drop"),
+                           str(tmp_path / "s"))
+        assert len(csv.files) == 2 and csv.bad_rows == len(BAD_LINES)
+        assert sum(csv.num_rows.values()) == 300
+        assert any("part-1.csv line 152: column 'age'" in s for s in csv.bad_sample), csv.bad_sample
+        parquet = data.prepare(typed_config(f"s3://data/pq?{options}"), str(tmp_path / "t"))
+        assert parquet.preprocessor.kinds == FEATURES and sum(parquet.num_rows.values()) == 300
+        assert parquet.digest == csv.digest  # the same rows, whatever the format

@@ -99,10 +99,15 @@ def metrics_address() -> str | None:
     return None
 
 
-def curl_example(url: str, model: ModelConfig, num_features: int) -> str:
-    row = ", ".join(["0"] * num_features)
+def curl_example(url: str, model: ModelConfig, kinds: dict[str, str]) -> str:
+    """A V1 request for one row: positional zeros for an all-numeric model, else by column name."""
+    if all(kind == "numeric" for kind in kinds.values()):
+        row = "[" + ", ".join(["0"] * len(kinds)) + "]"
+    else:
+        sample = {"numeric": "0", "categorical": '"a"', "boolean": "false"}
+        row = "{" + ", ".join(f'"{name}": {sample[kind]}' for name, kind in kinds.items()) + "}"
     return (f"curl -s -X POST {url}/v1/models/{model.name}:predict "
-            f"-H 'Content-Type: application/json' -d '{{\"instances\": [[{row}]]}}'")
+            f"-H 'Content-Type: application/json' -d '{{\"instances\": [{row}]}}'")
 
 
 def keep_serving(*, on_cluster: bool, block: bool) -> None:
