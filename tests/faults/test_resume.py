@@ -110,4 +110,7 @@ def test_finished_trial_is_not_rerun_and_unfinished_one_continues(killed_then_re
         steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_accuracy")]
         assert sorted(steps) == list(range(EPOCHS)), f"{trial.info.run_name}: {sorted(steps)}"
     resumed = [t for t in trials if t.data.tags.get("raylane.trial_id") in unfinished]
-    assert int(resumed[0].data.tags["raylane.resumed_at_epoch"]) >= 2  # from its checkpoint, not 0
+    # From a checkpoint, not from epoch 0. The kill comes once a second checkpoint folder is on S3;
+    # Train may not have recorded that one yet (folder written, report not), so it can resume
+    # from the first: at epoch 1 or 2.
+    assert int(resumed[0].data.tags["raylane.resumed_at_epoch"]) >= 1
