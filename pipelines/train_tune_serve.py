@@ -106,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
                 tracking.log_tune_results(best.results_table)
             with progress.stage("register", f"best trial {best.trial_id} {best.hyperparams}"):
                 with local_copy(best.checkpoint_path, storage_path) as checkpoint_dir:
+                    val_score = best.metrics["val_mae" if prepared.task == "regression" else "val_accuracy"]
                     model = tracking.log_best_model(checkpoint_dir, prepared, best.hyperparams,
-                                                    float(best.metrics["val_accuracy"]), cfg.train.backend)
+                                                    float(val_score), cfg.train.backend)
                 promotion = tracking.register_if_better(cfg.model, model)
             record = runs.update(storage_path, record, registered_version=promotion.version,
                                  promotion=promotion.summary)
-            progress.say(f"best params {best.hyperparams}; val_accuracy {model.val_accuracy:.4f}, "
-                         f"test_accuracy {model.test_accuracy:.4f}")
+            progress.say(f"best params {best.hyperparams}; {model.val_metric} {model.val_score:.4f}, "
+                         f"{model.test_metric} {model.test_score:.4f}")
         else:
             progress.say(f"training already finished in an earlier attempt: model {cfg.model.name} "
                          f"v{record.registered_version}")

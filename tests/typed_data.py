@@ -45,3 +45,15 @@ def write_csv(directory: Path, frame: pd.DataFrame, files: int = 2, bad: bool = 
         with paths[-1].open("a") as f:
             f.writelines(line + "\n" for line, _ in BAD_LINES)
     return paths
+
+
+def spending(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """The same customers with a number to predict instead of a class: `spend`, a function of
+    every feature kind plus noise (no `label` column)."""
+    frame = customers(n, seed).drop(columns=["label"])
+    rng = np.random.default_rng(seed + 1)
+    age = frame["age"].fillna(40.0)
+    frame["spend"] = (20 + 3 * (age - 40) / 10 + 10 * (frame["city"] == "paris")
+                      - 5 * (frame["city"] == "nice") + 6 * frame["member"] + 0.1 * frame["income"]
+                      + rng.normal(0, 1, n)).round(2)
+    return frame

@@ -37,7 +37,9 @@ class DataConfig(_Section):
     format: Literal["auto", "parquet", "csv"] = "auto"
     """File format of a path source; 'auto' guesses from the extension."""
     label_column: str = "target"
-    """Column holding the class label (integers or strings)."""
+    """Column holding the label: a class (integers or strings), or a number for regression."""
+    task: Literal["classification", "regression"] = "classification"
+    """What the model predicts: the label's class, or its value (regression: MSE loss, MAE metric)."""
     feature_columns: list[str] | None = None
     """Feature columns, in model input order. Unset: every column but the label and the id."""
     column_types: dict[str, Literal["numeric", "categorical", "boolean"]] = Field(default_factory=dict)
@@ -157,8 +159,9 @@ class TuneConfig(_Section):
     """Search algorithm: Optuna TPE, or random sampling."""
     scheduler: Literal["asha", "fifo"] = "asha"
     """Trial scheduler: ASHA early stopping, or run every trial to the end."""
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    """Validation metric the search optimises (max accuracy, min loss)."""
+    metric: Literal["val_accuracy", "val_loss", "val_mae"] = "val_accuracy"
+    """Validation metric the search optimises (max accuracy; min loss or mean absolute error).
+    Unset: val_accuracy for classification, val_mae for regression."""
     grace_period: int = Field(default=3, ge=1)
     """ASHA: epochs every trial runs before it may be stopped."""
     reduction_factor: int = Field(default=2, ge=2)
@@ -179,6 +182,9 @@ class TuneConfig(_Section):
     @property
     def mode(self) -> str:
         return "max" if self.metric == "val_accuracy" else "min"
+
+
+TASK_METRICS = {"classification": ("val_accuracy", "val_loss"), "regression": ("val_mae", "val_loss")}
 
 
 class TrackingConfig(_Section):
@@ -288,6 +294,29 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     model: ModelConfig = ModelConfig()
     serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_task(cls, raw: Any) -> Any:
+        """An unset tune.metric is the task's own: val_accuracy, or val_mae for regression."""
+        if not isinstance(raw, dict):
+            return raw
+        data, tune = raw.get("data") or {}, raw.get("tune") or {}
+        task = data.get("task", "classification") if isinstance(data, dict) else data.task
+        given = "metric" in tune if isinstance(tune, dict) else "metric" in tune.model_fields_set
+        if not given and task in TASK_METRICS:
+            tune = {**tune, "metric": TASK_METRICS[task][0]} if isinstance(tune, dict) else \
+                tune.model_copy(update={"metric": TASK_METRICS[task][0]})
+            return {**raw, "tune": tune}
+        return raw
+
+    @model_validator(mode="after")
+    def _metric_fits_the_task(self) -> PipelineConfig:
+        allowed = TASK_METRICS[self.data.task]
+        if self.tune.metric not in allowed:
+            raise ValueError(f"tune.metric: {self.tune.metric!r} does not apply to data.task "
+                             f"{self.data.task!r}; one of {', '.join(allowed)}")
+        return self
 
     @model_validator(mode="after")
     def _search_space_fits_train(self) -> PipelineConfig:

@@ -67,6 +67,13 @@ class PreparedData:
     """The first bad rows, each 'file line N: column ...: what is wrong'."""
     drift: list[str] = field(default_factory=list)
     """Schema differences between files, one line each."""
+    task: str = "classification"
+    target: dict[str, float] = field(default_factory=dict)
+    """Regression: the train label's mean and std (the network learns the standardized value)."""
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.classes)
 
     @property
     def input_dim(self) -> int:
@@ -75,7 +82,8 @@ class PreparedData:
 
     def schema_json(self) -> str:
         return json.dumps({"features": self.preprocessor.kinds, "label": self.label_column,
-                           "classes": self.classes, "encoded": self.preprocessor.output_names()})
+                           "task": self.task, "classes": self.classes, "target": self.target,
+                           "encoded": self.preprocessor.output_names()})
 
 
 def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
@@ -94,14 +102,14 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
     for note in drift:
         progress.say(f"  schema drift: {note}")
 
-    reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column)
+    reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task)
     split_fn = _SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     items = ray.data.from_items([{"index": i, "path": f} for i, f in enumerate(files)],
                                 override_num_blocks=min(len(files), 256))
     try:
         rows = items.map_batches(reader, batch_size=1, batch_format="pandas") \
             .map_batches(split_fn, batch_format="pandas").materialize()
-        summary = _summarize(rows, kinds)
+        summary = _summarize(rows, kinds, cfg.task)
     except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
         raise _data_error_in(err, files) from err
     bad = summary["bad_rows"]
@@ -111,14 +119,14 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
                         "data.on_bad_rows: drop to skip such rows (they are counted and logged)")
     if bad:
         progress.say(f"  dropped {bad} bad rows (data.on_bad_rows=drop), e.g. {summary['bad_sample'][0]}")
-    classes = summary["classes"]
-    if len(classes) < 2:
+    classes, target = summary["classes"], summary["target"]
+    if cfg.task == "classification" and len(classes) < 2:
         raise DataError(f"data.label_column {cfg.label_column!r}: needs at least 2 classes, got {classes}")
     if min(summary["num_rows"].values()) == 0:
         raise DataError(f"data.source {cfg.source!r}: too few rows to split ({summary['num_rows']})")
     preprocessor = Preprocessor.fit(kinds, summary["stats"], cfg.max_categories)
     splits = {
-        name: rows.map_batches(_FinishSplit(code, preprocessor, classes, keep_raw=name == "test"),
+        name: rows.map_batches(_FinishSplit(code, preprocessor, classes, cfg.task, keep_raw=name == "test"),
                                batch_format="pandas").materialize()
         for name, code in _SPLIT_CODE.items()
     }
@@ -127,6 +135,7 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
         feature_columns=list(kinds), label_column=cfg.label_column, classes=classes,
         preprocessor=preprocessor, source=source, files=files, digest=summary["digest"],
         num_rows=summary["num_rows"], bad_rows=bad, bad_sample=summary["bad_sample"], drift=drift,
+        task=cfg.task, target=target,
     )
 
 
@@ -163,6 +172,7 @@ def save_prepared(data: PreparedData, directory: str) -> None:
         "classes": data.classes, "preprocessor": data.preprocessor.to_dict(),
         "source": data.source, "files": data.files, "digest": data.digest, "num_rows": data.num_rows,
         "bad_rows": data.bad_rows, "bad_sample": data.bad_sample, "drift": data.drift,
+        "task": data.task, "target": data.target,
     }
     storage.write_text(storage.join(directory, "prepared.json"), json.dumps(meta))
     storage.write_text(storage.join(directory, _READY_MARKER), "complete\n")
@@ -185,6 +195,7 @@ def load_prepared(directory: str) -> PreparedData | None:
         classes=meta["classes"], preprocessor=Preprocessor.from_dict(meta["preprocessor"]),
         source=meta["source"], files=meta["files"], digest=meta["digest"], num_rows=meta["num_rows"],
         bad_rows=meta["bad_rows"], bad_sample=meta["bad_sample"], drift=meta["drift"],
+        task=meta["task"], target=meta["target"],
     )
 
 
@@ -385,8 +396,9 @@ class _ReadFile:
     `__error` set on a bad row ('file line N: column ...: what is wrong')."""
 
     def __init__(self, fs: pafs.FileSystem, fmt: str, kinds: dict[str, str], label: str,
-                 id_column: str | None) -> None:
+                 id_column: str | None, task: str) -> None:
         self.fs, self.fmt, self.kinds, self.label, self.id_column = fs, fmt, kinds, label, id_column
+        self.task = task
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         frames = [self._read(int(i), str(p)) for i, p in zip(batch["index"], batch["path"], strict=True)]
@@ -413,6 +425,12 @@ class _ReadFile:
             out[name] = typed.to_numpy(dtype=object if kind == "categorical" else np.float64,
                                        na_value=None if kind == "categorical" else np.nan)
         label = frame[self.label]
+        if self.task == "regression":
+            value, bad = coerce(label, "numeric")
+            for i in np.flatnonzero(bad & pd.isna(errors)):
+                problem = describe_bad(label.iloc[i], "numeric")
+                errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: {problem}"
+            label = value
         for i in np.flatnonzero(label.isna().to_numpy() & pd.isna(errors)):
             errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: the label is missing"
         out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
@@ -478,8 +496,8 @@ class _SplitRows:
 
 
 class _BlockSummary:
-    def __init__(self, kinds: dict[str, str]) -> None:
-        self.kinds = kinds
+    def __init__(self, kinds: dict[str, str], task: str) -> None:
+        self.kinds, self.task = kinds, task
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         split = frame[_SPLIT].to_numpy()
@@ -492,7 +510,10 @@ class _BlockSummary:
             "bad": int((~good).sum()),
             "bad_sample": frame[_ERROR][~good].head(BAD_SAMPLE_SIZE).tolist(),
             "stats": column_stats(frame[split == 0], self.kinds),
-            "labels": sorted({_plain(v) for v in labels}, key=lambda v: (str(type(v)), v)),
+            "labels": [] if self.task == "regression" else
+            sorted({_plain(v) for v in labels}, key=lambda v: (str(type(v)), v)),
+            "target": column_stats(pd.DataFrame({"y": frame[_LABEL][split == 0].astype("float64")}),
+                                   {"y": "numeric"})["y"] if self.task == "regression" else {},
             "hash": int(mixed.sum(dtype=np.uint64)),
         }
         return pd.DataFrame({"summary": [json.dumps(summary)]})
@@ -502,10 +523,18 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _summarize(rows: Any, kinds: dict[str, str]) -> dict[str, Any]:
-    """Returns split sizes, bad rows, train statistics, class labels and a content digest, in one pass."""
-    parts = [json.loads(s) for s in rows.map_batches(_BlockSummary(kinds), batch_format="pandas")
+def _summarize(rows: Any, kinds: dict[str, str], task: str) -> dict[str, Any]:
+    """Returns split sizes, bad rows, train statistics, class labels (or the train label's mean and
+    std for regression) and a content digest, in one pass."""
+    parts = [json.loads(s) for s in rows.map_batches(_BlockSummary(kinds, task), batch_format="pandas")
              .to_pandas()["summary"]]
+    target = {}
+    if task == "regression":
+        y = merge_stats([{"y": p["target"]} for p in parts if p["target"]]).get("y", {})
+        n = max(int(y.get("n", 0)), 1)
+        mean = float(y.get("sum", 0.0)) / n
+        std = float(np.sqrt(max(float(y.get("sumsq", 0.0)) / n - mean * mean, 0.0)))
+        target = {"mean": mean, "std": std if std > 1e-12 else 1.0}
     counts = np.sum([p["counts"] for p in parts], axis=0) if parts else np.zeros(len(SPLITS), int)
     classes = sorted({v for p in parts for v in p["labels"]}, key=lambda v: (str(type(v)), v))
     total = sum(p["hash"] for p in parts) % 2**64
@@ -515,6 +544,7 @@ def _summarize(rows: Any, kinds: dict[str, str]) -> dict[str, Any]:
         "bad_sample": [e for p in parts for e in p["bad_sample"]][:BAD_SAMPLE_SIZE],
         "stats": merge_stats([p["stats"] for p in parts]),
         "classes": classes,
+        "target": target,
         "digest": hashlib.sha256(f"{total}:{int(counts.sum())}".encode()).hexdigest()[:16],
     }
 
@@ -525,8 +555,9 @@ class _FinishSplit:
     The test split also keeps the raw columns: the logged model is evaluated on what a client sends.
     """
 
-    def __init__(self, code: int, preprocessor: Preprocessor, classes: list[Any], keep_raw: bool) -> None:
-        self.code, self.preprocessor, self.keep_raw = code, preprocessor, keep_raw
+    def __init__(self, code: int, preprocessor: Preprocessor, classes: list[Any], task: str,
+                 keep_raw: bool) -> None:
+        self.code, self.preprocessor, self.task, self.keep_raw = code, preprocessor, task, keep_raw
         self.index = {c: i for i, c in enumerate(classes)}
 
     def __call__(self, frame: pd.DataFrame) -> pa.Table:
@@ -536,7 +567,9 @@ class _FinishSplit:
         features = self.preprocessor.transform(rows)
         out = {"features": ArrowTensorArray.from_numpy(features) if len(rows) else
                pa.array([], type=pa.list_(pa.float32())),
-               "label": pa.array([self.index[_plain(v)] for v in rows[_LABEL]], type=pa.int64())}
+               "label": pa.array(rows[_LABEL].astype("float64").to_numpy(), type=pa.float32())
+               if self.task == "regression" else
+               pa.array([self.index[_plain(v)] for v in rows[_LABEL]], type=pa.int64())}
         if self.keep_raw:  # as a client sends them: numbers, text, true/false; null where missing
             types = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
             for column in self.preprocessor.columns:

@@ -31,11 +31,22 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
         self.feature_columns: list[str] = self.preprocessor.names
         self.classes: list[Any] = meta["classes"]
         self.framework: str = meta.get("framework", "torch")
+        self.task: str = meta.get("task", "classification")
+        target = meta.get("target") or {}
+        self._target = (float(target.get("mean", 0.0)), float(target.get("std", 1.0)))
         self._load_network(context.artifacts["checkpoint"])
 
     def _load_network(self, directory: str) -> None:
-        self._probabilities = (_load_tensorflow(directory) if self.framework == "tensorflow"
-                               else _load_torch(directory))
+        """`_probabilities`: network input -> class probabilities, or for regression the predicted
+        values as one column, in the label's own units."""
+        regression = self.task == "regression"
+        network = (_load_tensorflow(directory, regression) if self.framework == "tensorflow"
+                   else _load_torch(directory, regression))
+        if regression:
+            mean, std = self._target
+            self._probabilities = lambda x: (network(x)[:, :1].astype(np.float64) * std + mean)
+        else:
+            self._probabilities = network
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Returns class probabilities (rows x classes) for raw rows of an all-numeric model, in
@@ -53,6 +64,8 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
         probabilities = self.predict_frame(_feature_frame(model_input, self.feature_columns))
+        if self.task == "regression":
+            return probabilities[:, 0]
         if (params or {}).get("return_probabilities"):
             return probabilities
         return np.asarray(self.classes)[probabilities.argmax(axis=1)]
@@ -66,7 +79,7 @@ def _preprocessor(meta: dict[str, Any]) -> Preprocessor:
                          in zip(meta["feature_columns"], meta["mean"], meta["std"], strict=True)])
 
 
-def _load_torch(directory: str) -> Any:
+def _load_torch(directory: str, raw: bool = False) -> Any:
     import torch
 
     from raylane.train.weights import load_torch_model
@@ -76,19 +89,20 @@ def _load_torch(directory: str) -> Any:
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return torch.softmax(network(torch.from_numpy(scaled)), dim=1).numpy()
+            outputs = network(torch.from_numpy(scaled))
+            return (outputs if raw else torch.softmax(outputs, dim=1)).numpy()
 
     return probabilities
 
 
-def _load_tensorflow(directory: str) -> Any:
+def _load_tensorflow(directory: str, raw: bool = False) -> Any:
     import tensorflow as tf
 
     from raylane.train.weights import load_keras_model
 
     network, _, _ = load_keras_model(directory)
-    forward = tf.function(lambda x: tf.nn.softmax(network(x, training=False), axis=1),
-                          reduce_retracing=True)
+    forward = tf.function(lambda x: network(x, training=False) if raw else
+                          tf.nn.softmax(network(x, training=False), axis=1), reduce_retracing=True)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
         return forward(tf.convert_to_tensor(scaled)).numpy()
@@ -107,10 +121,12 @@ def _feature_frame(frame: Any, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(values, columns=columns)
 
 
-def write_preprocess(path: str, preprocessor: Preprocessor, classes: list[Any], framework: str) -> str:
+def write_preprocess(path: str, preprocessor: Preprocessor, classes: list[Any], framework: str,
+                     task: str = "classification", target: dict[str, float] | None = None) -> str:
     """Writes the preprocessing artifact and returns its path."""
     with open(path, "w") as f:
-        json.dump({"preprocessor": preprocessor.to_dict(), "classes": classes, "framework": framework}, f)
+        json.dump({"preprocessor": preprocessor.to_dict(), "classes": classes, "framework": framework,
+                   "task": task, "target": target or {}}, f)
     return path
 
 

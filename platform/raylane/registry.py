@@ -23,6 +23,17 @@ from typing import Any
 from raylane.errors import ModelNotFoundError, RaylaneError
 
 TEST_METRIC = "test_accuracy"
+GATE_TAG = "raylane.gate_metric"  # which test metric a version is judged by
+LOWER_IS_BETTER = {"test_mae"}
+
+
+def gate_metric(version: Any) -> str:
+    return version.tags.get(GATE_TAG, TEST_METRIC)
+
+
+def worse(metric: str, new: float, old: float) -> bool:
+    """True if `new` is worse than `old` on `metric` (higher accuracy, lower error is better)."""
+    return new > old if metric in LOWER_IS_BETTER else new < old
 HISTORY_LIMIT = 50
 HISTORY_CHARS = 4_500
 
@@ -73,9 +84,9 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         raise
 
 
-def metric_of(version: Any) -> float | None:
+def metric_of(version: Any, metric: str | None = None) -> float | None:
     try:
-        return float(version.tags[TEST_METRIC])
+        return float(version.tags[metric or gate_metric(version)])
     except (KeyError, ValueError):
         return None
 
@@ -86,18 +97,20 @@ def promote(client: Any, name: str, version: str, alias: str = "champion", force
     current = alias_version(client, name, alias)
     if current == str(version):
         return Move(str(version), current, f"v{version} already is {alias}")
-    new = metric_of(candidate)
-    old = metric_of(client.get_model_version(name, current)) if current else None
+    metric = gate_metric(candidate)
+    new = metric_of(candidate, metric)
+    old = metric_of(client.get_model_version(name, current), metric) if current else None
+    lower = "above" if metric in LOWER_IS_BETTER else "below"
     if current is None:
         reason = f"no {alias} yet"
     elif new is None:
-        reason = f"v{version} has no {TEST_METRIC} tag to compare with {alias} v{current}"
-    elif old is None or new >= old:
-        reason = f"{TEST_METRIC} {new:.4f} is not below {alias} v{current}'s " + \
+        reason = f"v{version} has no {metric} tag to compare with {alias} v{current}"
+    elif old is None or not worse(metric, new, old):
+        reason = f"{metric} {new:.4f} is not {lower} {alias} v{current}'s " + \
             ("(none recorded)" if old is None else f"{old:.4f}")
     else:
-        reason = f"{TEST_METRIC} {new:.4f} is below {alias} v{current}'s {old:.4f}"
-    refused = current is not None and (new is None or (old is not None and new < old))
+        reason = f"{metric} {new:.4f} is {lower} {alias} v{current}'s {old:.4f}"
+    refused = current is not None and (new is None or (old is not None and worse(metric, new, old)))
     if refused and not force:
         raise RaylaneError(f"not promoting {name} v{version} to {alias}: {reason} "
                            "(pass --force to promote it anyway; the override is recorded)")

@@ -27,7 +27,7 @@ from raylane.data import PreparedData
 from raylane.errors import ModelNotFoundError, RaylaneError, TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy")
+TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_mae")
 TEST_METRIC = "test_accuracy"
 
 
@@ -169,7 +169,7 @@ def log_tune_results(table: pd.DataFrame) -> None:
     import mlflow
 
     keep = [c for c in table.columns if c.startswith("config/") or c in (
-        "trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "training_iteration")]
+        "trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_mae", "training_iteration")]
     mlflow.log_table(table[keep].reset_index(drop=True), "tune/results.json")
 
 
@@ -396,14 +396,18 @@ class LoggedModel:
 
     model_uri: str
     run_id: str
-    test_accuracy: float
-    val_accuracy: float
+    test_score: float
+    """The gate's metric on the test split: accuracy, or mean absolute error for regression."""
+    val_score: float
     params: dict[str, Any]
+    test_metric: str = TEST_METRIC
+    val_metric: str = "val_accuracy"
 
 
 def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
-                   val_accuracy: float, framework: str = "torch") -> LoggedModel:
-    """Logs the best checkpoint as a pyfunc model on the active run and returns its test accuracy."""
+                   val_score: float, framework: str = "torch") -> LoggedModel:
+    """Logs the best checkpoint as a pyfunc model on the active run and returns its test metric:
+    accuracy, or for regression the mean absolute error (`val_score`: the same on validation)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -414,10 +418,12 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     example = raw.head(5)
     with tempfile.TemporaryDirectory() as tmp:
         preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.preprocessor,
-                                      data.classes, framework)
+                                      data.classes, framework, data.task, data.target)
         model = RaylaneClassifier()
-        outputs = np.asarray(data.classes)[np.zeros(len(example), dtype=int)]
-        signature = infer_signature(example, outputs, params={"return_probabilities": False})
+        outputs = (np.zeros(len(example)) if data.task == "regression" else
+                   np.asarray(data.classes)[np.zeros(len(example), dtype=int)])
+        params_schema = {} if data.task == "regression" else {"return_probabilities": False}
+        signature = infer_signature(example, outputs, params=params_schema or None)
         if not data.preprocessor.numeric_only:
             signature = _typed_signature(signature, data.preprocessor)
         info = mlflow.pyfunc.log_model(
@@ -431,10 +437,15 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
     predictions = loaded.predict(raw)
-    expected = np.asarray(data.classes)[labels]
-    test_accuracy = float(np.mean(predictions == expected))
-    mlflow.log_metrics({TEST_METRIC: test_accuracy, "best_val_accuracy": val_accuracy})
-    return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_accuracy, val_accuracy, params)
+    if data.task == "regression":
+        test_metric, val_metric = "test_mae", "val_mae"
+        test_score = float(np.mean(np.abs(np.asarray(predictions, dtype=np.float64) - labels)))
+    else:
+        test_metric, val_metric = TEST_METRIC, "val_accuracy"
+        test_score = float(np.mean(predictions == np.asarray(data.classes)[labels]))
+    mlflow.log_metrics({test_metric: test_score, f"best_{val_metric}": val_score})
+    return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_score, val_score, params,
+                       test_metric, val_metric)
 
 
 def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
@@ -489,19 +500,22 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
 
     client = MlflowClient()
     version = mlflow.register_model(model.model_uri, cfg.name).version
-    client.set_model_version_tag(cfg.name, version, TEST_METRIC, f"{model.test_accuracy:.6f}")
-    client.set_model_version_tag(cfg.name, version, "val_accuracy", f"{model.val_accuracy:.6f}")
+    client.set_model_version_tag(cfg.name, version, model.test_metric, f"{model.test_score:.6f}")
+    client.set_model_version_tag(cfg.name, version, model.val_metric, f"{model.val_score:.6f}")
+    client.set_model_version_tag(cfg.name, version, registry.GATE_TAG, model.test_metric)
     client.set_model_version_tag(cfg.name, version, "raylane.run_id", model.run_id)
     client.set_model_version_tag(cfg.name, version, "raylane.params", json.dumps(model.params))
     current = _champion(client, cfg)
     if current is None:
-        promoted, reason = True, f"no {cfg.champion_alias} yet; {TEST_METRIC}={model.test_accuracy:.4f}"
+        promoted, reason = True, f"no {cfg.champion_alias} yet; {model.test_metric}={model.test_score:.4f}"
     else:
-        old = float(current.tags.get(TEST_METRIC, "-inf"))
-        promoted = model.test_accuracy > old
+        # A champion judged by another metric (another task) never blocks: nothing to compare.
+        old = registry.metric_of(current, model.test_metric)
+        promoted = old is None or (model.test_score != old and
+                                   not registry.worse(model.test_metric, model.test_score, old))
         verb = "beats" if promoted else "does not beat"
-        reason = (f"{TEST_METRIC} {model.test_accuracy:.4f} {verb} {cfg.champion_alias} "
-                  f"v{current.version}'s {old:.4f}")
+        reason = (f"{model.test_metric} {model.test_score:.4f} {verb} {cfg.champion_alias} "
+                  f"v{current.version}'s " + ("(none recorded)" if old is None else f"{old:.4f}"))
     if promoted:
         registry.move_alias(client, cfg.name, cfg.champion_alias, str(version), "promote", reason)
     promotion = Promotion(str(version), promoted, reason, current.version if current else None)

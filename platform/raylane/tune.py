@@ -166,7 +166,8 @@ def best_trial(results: Any, tc: TuneConfig, fs: Any = None) -> BestTrial:
     return BestTrial(
         trial_id=str(best.get("trial_id", "")),
         hyperparams=dict(result.config),
-        metrics={k: best[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy") if k in best},
+        metrics={k: best[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mae")
+                 if k in best},
         checkpoint_path=str(best["checkpoint_path"]),
         results_table=results.get_dataframe(),
     )

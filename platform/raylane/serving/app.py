@@ -216,6 +216,8 @@ class ModelServer:
         model = self._pick(name)
         rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
                 else rows_to_frame(request.instances, model.feature_columns))
+        if request.return_probabilities and model.regression:
+            raise BadInput(400, "return_probabilities: this is a regression model; it predicts values")
         probabilities = await self._probabilities(model, rows, "instances")
         predictions = probabilities.tolist() if request.return_probabilities else \
             model.labels(probabilities).tolist()

@@ -52,6 +52,8 @@ class LoadedModel:
     """Raw columns by name (a DataFrame) -> network input; ValueError naming a bad value."""
     forward: Callable[[np.ndarray], np.ndarray] | None = None
     """Network input -> probabilities."""
+    task: str = "classification"
+    """'regression': `predict_proba` and `forward` give the predicted values as one column."""
     framework: str = "torch"
     input_datatypes: list[str] = field(default_factory=list)
     """V2 datatype of each feature column, from the MLflow signature."""
@@ -66,10 +68,19 @@ class LoadedModel:
         return all(kind == "numeric" for kind in self.kinds.values())
 
     @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
     def label_datatype(self) -> str:
+        if self.regression:
+            return "FP64"
         return "INT64" if all(isinstance(c, int | np.integer) for c in self.classes) else "BYTES"
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class labels, or for regression the predicted values."""
+        if self.regression:
+            return probabilities[:, 0].astype(np.float64)
         return np.asarray(self.classes)[probabilities.argmax(axis=1)]
 
     def warm_up(self) -> None:
@@ -98,8 +109,8 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     model = LoadedModel(
         name=name, version=str(version), feature_columns=columns, classes=list(inner.classes),
         predict_proba=inner.predict_proba, kinds=dict(inner.preprocessor.kinds),
-        encode=inner.preprocessor.transform, forward=inner.forward,
-        framework=getattr(inner, "framework", "unknown"),
+        encode=inner.preprocessor.transform, forward=inner.forward, task=inner.task,
+        framework=inner.framework,
         input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns),
         pyfunc=pyfunc,
     )

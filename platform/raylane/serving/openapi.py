@@ -67,10 +67,12 @@ def model_metadata(model: LoadedModel, held: dict[str, str]) -> ModelMetadata:
         name=model.name, versions=sorted(held, key=lambda v: int(v) if v.isdigit() else 0),
         platform=f"mlflow-pyfunc/{model.framework}",
         inputs=inputs,
-        outputs=[TensorMetadata(name="predictions", datatype=model.label_datatype, shape=[-1]),
-                 TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)])],
+        outputs=[TensorMetadata(name="predictions", datatype=model.label_datatype, shape=[-1])] + (
+            [] if model.regression else
+            [TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)])]),
         parameters={"version": model.version, "feature_names": model.feature_columns,
                     "feature_datatypes": model.input_datatypes, "classes": model.classes,
+                    "task": model.task,
                     "served_versions": held},
     )
 

@@ -168,8 +168,9 @@ def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.
     BadInput naming the bad input otherwise."""
     columns, width = model.feature_columns, len(model.feature_columns)
     for i, out in enumerate(request.outputs or []):
-        if out.name not in OUTPUTS:
-            raise BadInput(400, f"outputs[{i}]: unknown output {out.name!r}; this model has {list(OUTPUTS)}")
+        if out.name not in outputs_of(model):
+            raise BadInput(400, f"outputs[{i}]: unknown output {out.name!r}; this model has "
+                                f"{list(outputs_of(model))}")
     if not model.numeric_only:
         return _v2_frame(request, binary, model)
     tensors, offset = [], 0
@@ -294,10 +295,15 @@ def _columns_matrix(tensors: list[Any], columns: list[str]) -> np.ndarray:
     return np.column_stack([by_name[c][2] for c in columns])
 
 
+def outputs_of(model: LoadedModel) -> tuple[str, ...]:
+    """The V2 outputs a model has: a regression model has no probabilities."""
+    return OUTPUTS[:1] if model.regression else OUTPUTS
+
+
 def v2_response(request: V2InferRequest, model: LoadedModel, probabilities: np.ndarray
                 ) -> tuple[bytes, dict[str, str]]:
     """Returns (body, headers): JSON, or JSON plus binary tensors where the client asked for them."""
-    wanted = request.outputs or [V2RequestedOutput(name=name) for name in OUTPUTS]
+    wanted = request.outputs or [V2RequestedOutput(name=name) for name in outputs_of(model)]
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
     outputs, chunks = [], []
     for out in wanted:
@@ -479,7 +485,8 @@ def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray
 
 def invocations_response(model: LoadedModel, probabilities: np.ndarray, params: dict[str, Any]) -> bytes:
     """Returns what `mlflow models serve` returns for this model: {"predictions": [...]}."""
-    values = probabilities if params.get("return_probabilities") else model.labels(probabilities)
+    values = probabilities if params.get("return_probabilities") and not model.regression else \
+        model.labels(probabilities)
     return json.dumps({"predictions": np.asarray(values).tolist()}, separators=(",", ":")).encode()
 
 

@@ -29,15 +29,23 @@ def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs
     torch.manual_seed(seed)
     batch = prepared.train.take_batch(prepared.train.count(), batch_format="numpy")
     x = torch.from_numpy(np.stack(batch["features"]).astype(np.float32))
-    y = torch.from_numpy(batch["label"].astype(np.int64))
-    spec = ModelSpec(input_dim=x.shape[1], num_classes=len(prepared.classes), hidden_size=hidden,
+    regression = prepared.task == "regression"
+    if regression:  # the network learns the standardized value, as in the training loops
+        target = prepared.target
+        y = torch.from_numpy(((batch["label"] - target["mean"]) / target["std"]).astype(np.float32))
+    else:
+        y = torch.from_numpy(batch["label"].astype(np.int64))
+    spec = ModelSpec(input_dim=x.shape[1], num_classes=prepared.num_outputs, hidden_size=hidden,
                      num_layers=layers, dropout=0.0)
     net = build_mlp(spec)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(epochs):
         for i in range(0, len(x), 64):
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+            outputs = net(x[i:i + 64])
+            loss = (torch.nn.functional.mse_loss(outputs[:, 0], y[i:i + 64]) if regression else
+                    torch.nn.functional.cross_entropy(outputs, y[i:i + 64]))
+            loss.backward()
             optimizer.step()
     checkpoint = os.path.join(directory, f"checkpoint-{seed}")
     os.makedirs(checkpoint, exist_ok=True)

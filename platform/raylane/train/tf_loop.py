@@ -59,14 +59,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     batch_size = config["batch_size"]
     global_batch = batch_size * strategy.num_replicas_in_sync
+    regression = config.get("task") == "regression"
+    mean, std = config.get("target_mean", 0.0), config.get("target_std", 1.0)
+
+    def per_row_loss(y: Any, outputs: Any) -> Any:
+        """Cross-entropy, or for regression the squared error of the standardized label."""
+        if regression:
+            return tf.square(outputs[:, 0] - (tf.cast(y, tf.float32) - mean) / std)
+        return keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=True)
 
     @tf.function
     def train_step(features: Any, labels: Any) -> Any:
         def replica_step(x: Any, y: Any) -> Any:
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
-                per_row = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                loss = tf.reduce_sum(per_row) / global_batch
+                loss = tf.reduce_sum(per_row_loss(y, logits)) / global_batch
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))  # all-reduced
             return loss
@@ -99,12 +106,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             steps += 1
 
         epoch_time = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate(model, val_data)
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(steps, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
+            **evaluate(model, val_data, per_row_loss, (mean, std) if regression else None),
             "start_epoch": start_epoch,
             "num_replicas_in_sync": strategy.num_replicas_in_sync,
             "replica_weight_spread": float(weight_spread()),
@@ -124,20 +129,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 
 
-def evaluate(model: Any, dataset: Any) -> tuple[float, float]:
-    """Returns (mean loss, accuracy) of `model` over every row of `dataset`."""
-    import keras
+def evaluate(model: Any, dataset: Any, per_row_loss: Any, target: tuple[float, float] | None
+             ) -> dict[str, float]:
+    """Returns {val_loss, val_accuracy} of `model` over every row of `dataset`; for regression
+    (`target`: the label's mean and std) {val_loss, val_mae}, the error in the label's own units."""
     import tensorflow as tf
 
-    loss_sum, correct, rows = 0.0, 0, 0
+    loss_sum, score, rows = 0.0, 0.0, 0
     for batch in dataset.iter_tf_batches(batch_size=512):
-        logits = model(batch["features"], training=False)
+        outputs = model(batch["features"], training=False)
         labels = batch["label"]
-        loss_sum += float(tf.reduce_sum(
-            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)))
-        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, axis=1) == labels, tf.int32)))
+        loss_sum += float(tf.reduce_sum(per_row_loss(labels, outputs)))
+        if target is None:
+            score += int(tf.reduce_sum(tf.cast(tf.argmax(outputs, axis=1) == labels, tf.int32)))
+        else:
+            values = outputs[:, 0] * target[1] + target[0]
+            score += float(tf.reduce_sum(tf.abs(values - tf.cast(labels, tf.float32))))
         rows += int(labels.shape[0])
-    return loss_sum / max(rows, 1), correct / max(rows, 1)
+    name = "val_accuracy" if target is None else "val_mae"
+    return {"val_loss": loss_sum / max(rows, 1), name: score / max(rows, 1)}
 
 
 def save_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: ModelSpec) -> None:

@@ -38,7 +38,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
-    loss_fn = nn.CrossEntropyLoss()
+    objective = Objective(config)
 
     start_epoch, history = 0, []  # history: every epoch's metrics so far, kept in the checkpoints
     checkpoint = ray.train.get_checkpoint()
@@ -63,19 +63,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=config["seed"] + epoch, device=device,
         ):
             optimizer.zero_grad()
-            loss = loss_fn(model(batch["features"]), batch["label"])
+            loss = objective.loss(model(batch["features"]), batch["label"])
             loss.backward()  # DDP all-reduces the gradients here
             optimizer.step()
             total_loss += loss.item() * len(batch["label"])
             total_rows += len(batch["label"])
 
         epoch_time = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate(model, val_data, config["batch_size"], device)
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(total_rows, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
+            **evaluate(model, val_data, config["batch_size"], device, objective),
             "start_epoch": start_epoch,  # > 0 when this worker group resumed from a checkpoint
             "train_rows": total_rows * world_size,  # rows seen by all workers this epoch
             "epoch_time_s": epoch_time,
@@ -93,17 +91,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 
 
-def evaluate(model: nn.Module, dataset: Any, batch_size: int, device: Any) -> tuple[float, float]:
-    """Returns (mean loss, accuracy) of `model` over every row of `dataset`."""
+class Objective:
+    """The task's loss and validation score: cross-entropy and accuracy, or for regression the
+    mean squared error of the standardized label and the mean absolute error in its own units."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.regression = config.get("task") == "regression"
+        self.mean, self.std = config.get("target_mean", 0.0), config.get("target_std", 1.0)
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.regression:
+            target = (labels.float() - self.mean) / self.std
+            return nn.functional.mse_loss(outputs[:, 0], target, reduction=reduction)
+        return nn.functional.cross_entropy(outputs, labels, reduction=reduction)
+
+    def score(self, outputs: torch.Tensor, labels: torch.Tensor) -> float:
+        """Summed over the batch: correct predictions, or absolute errors."""
+        if self.regression:
+            return (outputs[:, 0] * self.std + self.mean - labels.float()).abs().sum().item()
+        return (outputs.argmax(dim=1) == labels).sum().item()
+
+    @property
+    def score_name(self) -> str:
+        return "val_mae" if self.regression else "val_accuracy"
+
+
+def evaluate(model: nn.Module, dataset: Any, batch_size: int, device: Any,
+             objective: Objective) -> dict[str, float]:
+    """Returns {val_loss, val_accuracy or val_mae} of `model` over every row of `dataset`."""
     model.eval()
-    loss_sum, correct, rows = 0.0, 0, 0
+    loss_sum, score, rows = 0.0, 0.0, 0
     with torch.no_grad():
         for batch in dataset.iter_torch_batches(batch_size=max(batch_size, 256), device=device):
-            logits = model(batch["features"])
-            loss_sum += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
-            correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
+            outputs = model(batch["features"])
+            loss_sum += objective.loss(outputs, batch["label"], reduction="sum").item()
+            score += objective.score(outputs, batch["label"])
             rows += len(batch["label"])
-    return loss_sum / max(rows, 1), correct / max(rows, 1)
+    return {"val_loss": loss_sum / max(rows, 1), objective.score_name: score / max(rows, 1)}
 
 
 def save_checkpoint(directory: str, model: nn.Module, optimizer: Any, epoch: int,

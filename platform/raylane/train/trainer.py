@@ -30,13 +30,14 @@ def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Prepared
     """Returns the dict each worker's loop receives: train fields with the trial's values on top."""
     train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
     spec = ModelSpec(
-        input_dim=data.input_dim, num_classes=len(data.classes), hidden_size=train.hidden_size,
+        input_dim=data.input_dim, num_classes=data.num_outputs, hidden_size=train.hidden_size,
         num_layers=train.num_layers, dropout=train.dropout,
     )
     return {
         "lr": train.lr, "weight_decay": train.weight_decay, "batch_size": train.batch_size,
         "epochs": train.epochs, "seed": train.seed, "spec": spec.to_dict(),
-        "cpus_per_worker": train.cpus_per_worker,
+        "cpus_per_worker": train.cpus_per_worker, "task": data.task,
+        "target_mean": data.target.get("mean", 0.0), "target_std": data.target.get("std", 1.0),
     }
 
 

@@ -19,7 +19,7 @@ TORCH_STATE_FILE = "state.pt"
 TF_STATE_FILE = "state.npz"
 SPEC_FILE = "spec.json"
 HISTORY_FILE = "history.json"
-HISTORY_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy")
+HISTORY_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mae")
 
 
 def write_spec(directory: str, spec: ModelSpec) -> None:
