@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve chaos mlflow-ui clean venv
+.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve bench-preprocess chaos mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ bench: venv  ## side-by-side measurements; each prints ratio=...
 chaos: venv  ## the demo pipeline while a Train worker and a Serve replica are killed; prints what was lost
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.chaos $(ARGS)
 
+bench-preprocess: venv  ## raylane's data stage vs pandas: wall time and peak memory (ARGS="--rows 1000000")
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.preprocess $(ARGS)
+
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
@@ -54,4 +57,4 @@ mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
-	rm -rf raylane_runs chaos_runs mlflow.db mlartifacts .pytest_cache
+	rm -rf raylane_runs chaos_runs bench_data mlflow.db mlartifacts .pytest_cache

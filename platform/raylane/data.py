@@ -35,7 +35,16 @@ import pyarrow.parquet as pq
 from raylane import progress, storage
 from raylane.config import SKLEARN_SOURCES, DataConfig
 from raylane.errors import DataError, StorageError
-from raylane.preprocess import Preprocessor, coerce, column_stats, describe_bad, kind_of, merge_stats
+from raylane.preprocess import (
+    Preprocessor,
+    class_value,
+    coerce,
+    column_stats,
+    describe_bad,
+    kind_of,
+    merge_stats,
+    text_or_none,
+)
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
@@ -185,6 +194,8 @@ def load_prepared(directory: str) -> PreparedData | None:
     if storage.read_text(storage.join(directory, _READY_MARKER)) is None:
         return None
     meta = json.loads(storage.read_text(storage.join(directory, "prepared.json")))
+    if "preprocessor" not in meta:  # written before typed columns: prepare again
+        return None
     _configure_ray_data()
     fs, root = storage.split(directory)
     splits = {name: ray.data.read_parquet(posixpath.join(root, name), filesystem=fs).materialize()
@@ -195,7 +206,7 @@ def load_prepared(directory: str) -> PreparedData | None:
         classes=meta["classes"], preprocessor=Preprocessor.from_dict(meta["preprocessor"]),
         source=meta["source"], files=meta["files"], digest=meta["digest"], num_rows=meta["num_rows"],
         bad_rows=meta["bad_rows"], bad_sample=meta["bad_sample"], drift=meta["drift"],
-        task=meta["task"], target=meta["target"],
+        task=meta.get("task", "classification"), target=meta.get("target", {}),
     )
 
 
@@ -353,7 +364,11 @@ def _resolve_columns(cfg: DataConfig, files: list[str], schemas: list[pa.Schema]
                             f"columns are {', '.join(first.names)}")
     if not names:
         raise DataError(f"data.feature_columns: {where} has no columns besides the label")
-    kinds = {n: cfg.column_types.get(n) or kind_of(first.field(n).type) for n in names}
+    def file_type(name: str) -> Any:  # the first file where the column holds any value decides
+        types = [s.field(name).type for s in schemas if name in s.names]
+        return next((t for t in types if not pa.types.is_null(t)), types[0])
+
+    kinds = {n: cfg.column_types.get(n) or kind_of(file_type(n)) for n in names}
     needed = [cfg.label_column, *([cfg.id_column] if cfg.id_column else []), *names]
     drift = []
     for path, schema in zip(files[1:], schemas[1:], strict=True):
@@ -433,9 +448,12 @@ class _ReadFile:
             label = value
         for i in np.flatnonzero(label.isna().to_numpy() & pd.isna(errors)):
             errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: the label is missing"
-        out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
-        if self.id_column:
-            out[self.id_column] = frame[self.id_column].astype(str).to_numpy(dtype=object)
+        if self.task == "regression":
+            out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
+        else:
+            out[_LABEL] = np.array([None if pd.isna(v) else class_value(v) for v in label], dtype=object)
+        if self.id_column:  # as text, the same whatever the file's type for it: 12, 12.0, '12'
+            out[self.id_column] = np.array([text_or_none(v) for v in frame[self.id_column]], dtype=object)
         out[_ERROR] = errors
         if broken:  # rows the CSV parser could not split into the header's fields: all missing
             for name, values in out.items():
@@ -456,9 +474,9 @@ class _ReadFile:
                                        f"{row.expected_columns}"))
             return "skip"
 
-        # Features as text: each is coerced by its kind, so '3', '3.0' and 'abc' are judged alike in
-        # every file; the label keeps the type the parser infers.
-        types = {name: pa.string() for name in self.kinds}
+        # Every column as text: each is coerced by its kind, so '3', '3.0' and 'abc' are judged
+        # alike in every file, whatever type the parser would infer for one file's values.
+        types = {name: pa.string() for name in columns}
         convert = pacsv.ConvertOptions(include_columns=columns, column_types=types,
                                        strings_can_be_null=True)
         parse = pacsv.ParseOptions(invalid_row_handler=on_invalid)
@@ -565,9 +583,10 @@ class _FinishSplit:
 
         rows = frame[frame[_SPLIT].to_numpy() == self.code]
         features = self.preprocessor.transform(rows)
-        out = {"features": ArrowTensorArray.from_numpy(features) if len(rows) else
-               pa.array([], type=pa.list_(pa.float32())),
-               "label": pa.array(rows[_LABEL].astype("float64").to_numpy(), type=pa.float32())
+        if not len(rows):
+            features = np.zeros((0, self.preprocessor.width), dtype=np.float32)
+        out = {"features": ArrowTensorArray.from_numpy(features),
+               "label": pa.array(rows[_LABEL].astype("float64").to_numpy(), type=pa.float64())
                if self.task == "regression" else
                pa.array([self.index[_plain(v)] for v in rows[_LABEL]], type=pa.int64())}
         if self.keep_raw:  # as a client sends them: numbers, text, true/false; null where missing

@@ -16,6 +16,7 @@ plain JSON (`to_dict`/`from_dict`) and travels inside the logged model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -51,15 +52,46 @@ def coerce(values: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     raise ValueError(f"unknown column kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+def text_or_none(value: Any) -> str | None:
+    return None if _missing(value) else _text(value)
+
+
 def _missing(value: Any) -> bool:
     return value is None or (not isinstance(value, str | bool) and bool(pd.isna(value)))
 
 
 def _text(value: Any) -> str:
-    """A category's text: 3 and 3.0 and '3' are the same category, whatever the file format."""
-    if isinstance(value, float) and value.is_integer():
+    """A category's text: 3, 3.0, '3' and '3.0' are the same category, whatever the file format (a
+    file with missing values stores whole numbers as floats). Leading zeros are kept: '007'."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if _WHOLE_FLOAT.fullmatch(text):
+        return text.split(".")[0]
+    return text
+
+
+_WHOLE_FLOAT = re.compile(r"-?[1-9]\d*\.0+|-?0\.0+")
+
+
+def class_value(value: Any) -> Any:
+    """A class label, the same whatever the file: whole numbers (1, 1.0, '1', '1.0') are ints, other
+    numbers floats, anything else text. A CSV file's parser may type a label column differently
+    from the next file's (ints, floats where a value is missing, text where one is a word)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return int(value) if float(value).is_integer() else float(value)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not np.isfinite(number):
+        return text
+    return int(number) if number.is_integer() and "e" not in text.lower() else number
 
 
 def describe_bad(value: Any, kind: str) -> str:

@@ -4,7 +4,8 @@ Every move is recorded twice in the registry: on the version (`raylane.promotion
 and its reason) and on the registered model (`raylane.<alias>.history`, the ordered list of moves),
 which is what `rollback` replays. A running endpoint that follows the alias switches by itself.
 
-    raylane promote digits 7            # gated: refused if v7's test_accuracy is below the champion's
+    raylane promote digits 7            # gated: refused if v7's test metric is worse than the champion's
+                                        # (test_accuracy lower, or for regression test_mae higher)
     raylane promote digits 7 --force    # recorded as forced
     raylane rollback digits             # back to the champion before the current one
 """
@@ -181,7 +182,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "promote":
         parser.add_argument("version", help="model version to make the alias point at")
         parser.add_argument("--force", action="store_true",
-                            help="promote even if its test_accuracy is below the current version's")
+                            help="promote even if its test metric is worse than the current version's, "
+                                 "or measured differently (another task)")
     parser.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                         "else sqlite:///mlflow.db in the working directory)")

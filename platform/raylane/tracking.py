@@ -358,7 +358,7 @@ class TrialRunLogger(tune.Callback):
         )
         if found:
             run = found[0]
-            history = client.get_metric_history(run.info.run_id, TRIAL_METRICS[-1])
+            history = client.get_metric_history(run.info.run_id, "val_loss")  # every task logs it
             self.last_epoch[trial_id] = max((m.step for m in history), default=-1)
             self.restarts[trial_id] = int(run.data.tags.get("raylane.restarts", 0))
             if run.info.status != "RUNNING":
@@ -449,13 +449,14 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
 
 
 def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
-    """The signature of a model with categorical or boolean columns: each column by its kind, and
-    values optional (a missing value is imputed), whatever the few example rows happened to hold."""
+    """The signature of a model with categorical or boolean columns: numeric columns as doubles,
+    the others as Any (MLflow would cast 'false' or null to a boolean True/False itself; the model's
+    preprocessor types them, and a missing value is imputed), every column optional."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    types = {"numeric": "double", "categorical": "string", "boolean": "boolean"}
-    inputs = Schema([ColSpec(types[c.kind], c.name, required=False) for c in preprocessor.columns])
+    inputs = Schema([ColSpec("double" if c.kind == "numeric" else AnyType(), c.name, required=False)
+                     for c in preprocessor.columns])
     return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
@@ -509,13 +510,18 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     if current is None:
         promoted, reason = True, f"no {cfg.champion_alias} yet; {model.test_metric}={model.test_score:.4f}"
     else:
-        # A champion judged by another metric (another task) never blocks: nothing to compare.
         old = registry.metric_of(current, model.test_metric)
-        promoted = old is None or (model.test_score != old and
-                                   not registry.worse(model.test_metric, model.test_score, old))
-        verb = "beats" if promoted else "does not beat"
-        reason = (f"{model.test_metric} {model.test_score:.4f} {verb} {cfg.champion_alias} "
-                  f"v{current.version}'s " + ("(none recorded)" if old is None else f"{old:.4f}"))
+        if registry.gate_metric(current) != model.test_metric:  # another task: not comparable
+            promoted = False
+            reason = (f"{cfg.champion_alias} v{current.version} is judged by "
+                      f"{registry.gate_metric(current)}, this version by {model.test_metric}: not "
+                      f"comparable; `raylane promote {cfg.name} <version> --force` to switch")
+        else:
+            promoted = old is None or (model.test_score != old and
+                                       not registry.worse(model.test_metric, model.test_score, old))
+            verb = "beats" if promoted else "does not beat"
+            reason = (f"{model.test_metric} {model.test_score:.4f} {verb} {cfg.champion_alias} "
+                      f"v{current.version}'s " + ("(none recorded)" if old is None else f"{old:.4f}"))
     if promoted:
         registry.move_alias(client, cfg.name, cfg.champion_alias, str(version), "promote", reason)
     promotion = Promotion(str(version), promoted, reason, current.version if current else None)

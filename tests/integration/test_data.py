@@ -206,3 +206,13 @@ def test_s3_csv_glob_and_parquet_sources_on_an_s3_server(ray_local, tmp_path) ->
         parquet = data.prepare(typed_config(f"s3://data/pq?{options}"), str(tmp_path / "t"))
         assert parquet.preprocessor.kinds == FEATURES and sum(parquet.num_rows.values()) == 300
         assert parquet.digest == csv.digest  # the same rows, whatever the format
+
+
+def test_labels_typed_differently_by_each_csv_file_are_the_same_classes(ray_local, tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    for name, labels in (("a", [0, 1] * 30), ("b", ["1.0", "0"] * 29 + ["", "1"])):
+        frame = pd.DataFrame({"x": rng.normal(size=60), "y": labels})
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    prepared = data.prepare(DataConfig(source=str(tmp_path / "*.csv"), label_column="y", on_bad_rows="drop"),
+                            str(tmp_path / "s"))
+    assert prepared.classes == [0, 1] and prepared.bad_rows == 1

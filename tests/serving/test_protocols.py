@@ -46,6 +46,21 @@ def test_v1_predict_is_accurate_and_names_the_version(endpoint) -> None:
     assert accuracy(response.json()["predictions"], labels) > 0.8
 
 
+def test_missing_values_are_imputed_as_in_training(endpoint) -> None:
+    """null is a missing value on every protocol: the model fills it with the train mean."""
+    row = endpoint["rows"][0].tolist()
+    holes = [None] * 8 + row[8:]
+    v1 = endpoint["client"].post("/v1/models/digits:predict", json={"instances": [holes]})
+    assert v1.status_code == 200, v1.text
+    v2 = endpoint["client"].post("/v2/models/digits/infer", json={"inputs": [
+        {"name": "x", "shape": [1, 64], "datatype": "FP64", "data": holes}]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == v1.json()["predictions"]
+    mlflow = endpoint["client"].post("/invocations", json={"instances": [holes]})
+    assert mlflow.status_code == 200, mlflow.text
+    assert mlflow.json()["predictions"] == v1.json()["predictions"]
+
+
 # --- Open Inference Protocol ----------------------------------------------------------------------
 def test_v2_infer_flat_and_nested_data_with_id_echoed(endpoint) -> None:
     rows, labels = endpoint["rows"][:40], endpoint["labels"][:40]

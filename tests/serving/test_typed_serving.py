@@ -30,8 +30,9 @@ def endpoint(ray_local, serve_port, tmp_path_factory):
     prepared = data.prepare(cfg, str(tmp / "storage"))
     promotion = train_and_register(prepared, str(tmp), ModelConfig(name="customers"), epochs=30, hidden=32)
     raw, labels = data.raw_rows(prepared.test)
-    unseen = pd.DataFrame({"age": [None, 35.0], "city": ["marseille", None], "member": [None, True],
-                           "income": [50.0, None]})
+    # A category never seen in training, missing values, and booleans as text ('false', 'no').
+    unseen = pd.DataFrame({"age": [None, 35.0, 50.0, 50.0], "city": ["marseille", None, "paris", "paris"],
+                           "member": [None, True, "false", "no"], "income": [50.0, None, 60.0, 60.0]})
     rows = pd.concat([raw, unseen], ignore_index=True)
     expected = mlflow.pyfunc.load_model(f"models:/customers/{promotion.version}").predict(rows)
     url = deploy.deploy(ServeConfig(port=serve_port), ModelConfig(name="customers"), uri)

@@ -29,6 +29,15 @@ def test_coerce_marks_values_not_of_the_kind_as_bad() -> None:
     assert not bad.any() and typed.tolist() == ["3", "3", "paris", None]
 
 
+def test_labels_ids_and_categories_read_the_same_from_any_file_type() -> None:
+    from raylane.preprocess import class_value, text_or_none
+
+    assert [class_value(v) for v in (1, 1.0, "1", " 1.0 ", np.int64(1))] == [1] * 5
+    assert [class_value(v) for v in ("yes", 2.5, True)] == ["yes", 2.5, True]
+    assert [text_or_none(v) for v in (12, 12.0, "12", "12.0", "007", None, np.nan)] == \
+        ["12", "12", "12", "12", "007", None, None]
+
+
 def test_fit_uses_train_statistics_and_keeps_the_most_frequent_categories() -> None:
     pre = fitted()
     age, city, member = pre.columns

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from raylane.serving.model import LoadedModel
 
 Number = Annotated[float, Field(allow_inf_nan=False, strict=False)]
-Value = Number | bool | str | None  # a raw column value: categorical and boolean columns take text
+Value = int | Number | bool | str | None  # a raw value: categorical and boolean columns take text
 BINARY_HEADER = "Inference-Header-Content-Length"
 V2_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
             "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -72,11 +72,24 @@ def rows_to_matrix(instances: list[Any], columns: list[str], field: str = "insta
         if len(row) != width:
             raise BadInput(400, f"{field}[{i}] has {len(row)} values; the model expects {width} "
                                 f"numbers ({columns[0]}..{columns[-1]})")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                   for v in row):
-            raise BadInput(422, f"{field}[{i}]: values must be finite numbers")
-        matrix[i] = row
+        for j, value in enumerate(row):
+            matrix[i, j] = _number(value, f"{field}[{i}][{j}] ({columns[j]})")
     return matrix
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite number (or numeric text, as a lax JSON schema takes it); null is a missing value,
+    which the model imputes with the train mean."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadInput(422, f"{where}: {value!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadInput(422, f"{where}: {value!r} is not a finite number")
+    return float(value)
 
 
 def rows_to_frame(instances: list[Any], columns: list[str], field: str = "instances") -> pd.DataFrame:
@@ -213,9 +226,13 @@ def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.
         matrix = _columns_matrix(tensors, columns)
     if matrix.shape[0] == 0:
         raise BadInput(400, "inputs: no rows to predict (the batch dimension is 0)")
-    if not np.isfinite(matrix).all():
+    if np.isinf(matrix).any() or (binary and np.isnan(matrix).any()):
         raise BadInput(400, "inputs: values must be finite numbers (no NaN or Infinity)")
     return matrix
+
+
+def _has_null(data: Any) -> bool:
+    return any(_has_null(v) if isinstance(v, list) else v is None for v in data)
 
 
 def _json_values(tensor: V2Tensor, where: str, count: int) -> np.ndarray:
@@ -225,8 +242,15 @@ def _json_values(tensor: V2Tensor, where: str, count: int) -> np.ndarray:
         values = np.asarray(tensor.data)
     except ValueError:
         raise BadInput(400, f"{where}: data is ragged; send it flat (row-major) or as equal rows") from None
+    if values.dtype.kind == "O" and values.ndim >= 1:  # nulls: missing values, imputed by the model
+        flat = values.reshape(-1)
+        if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in flat):
+            values = np.array([np.nan if v is None else v for v in flat], dtype=np.float64)
     if values.dtype.kind not in "iuf" and not (values.dtype.kind == "b" and tensor.datatype == "BOOL"):
-        raise BadInput(400, f"{where}: data must be numbers for datatype {tensor.datatype}")
+        raise BadInput(400, f"{where}: data must be numbers (or null) for datatype {tensor.datatype}")
+    if values.dtype.kind == "f" and np.isinf(values).any() or (
+            values.dtype.kind == "f" and np.isnan(values).any() and not _has_null(tensor.data)):
+        raise BadInput(400, f"{where}: values must be finite numbers (null for a missing value)")
     if values.size != count:
         raise BadInput(400, f"{where}: {values.size} values do not fill shape {tensor.shape} "
                             f"({count} values)")
@@ -376,6 +400,8 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         if fast is not None:
             return fast
     schema = model.pyfunc.metadata.get_input_schema() if model.pyfunc is not None else None
+    if not model.numeric_only:
+        schema = None  # its preprocessor types the columns (and imputes), as for V1 and V2
     try:
         if mime == scoring.CONTENT_TYPE_JSON:
             parsed = scoring._parse_json_data(body, model.pyfunc.metadata, schema)
@@ -478,8 +504,8 @@ def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray
     except (KeyError, ValueError, TypeError) as err:
         raise BadInput(400, f"expected the {len(columns)} feature columns {columns[0]}..{columns[-1]} "
                             f"as numbers: {err}") from None
-    if not np.isfinite(matrix).all():
-        raise BadInput(400, "values must be finite numbers (no NaN or Infinity)")
+    if np.isinf(matrix).any():  # NaN is a missing value (null in JSON, empty in CSV): imputed
+        raise BadInput(400, "values must be finite numbers (no Infinity)")
     return matrix
 
 
