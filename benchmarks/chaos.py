@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Serve ingress (serve.proxy): HAProxy replays a request a killed replica "
                              "had accepted; Serve's Python proxy answers it with a 500")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--replica-kills", type=int, default=1, metavar="N",
+                        help="kill a Serve replica N times under the same load, each once the previous "
+                             "one is replaced (a rare loss needs many kills to show)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     parser.add_argument("--workdir", default="chaos_runs", help="storage and MLflow store of the drill")
     args = parser.parse_args(argv)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     root = psutil.Process(pipeline.pid)
     try:
         training = kill_a_train_worker(root, workdir / "storage" / run_name)
-        serving = kill_a_replica(root, f"http://127.0.0.1:{args.port}", pipeline)
+        serving = kill_a_replica(root, f"http://127.0.0.1:{args.port}", pipeline, args.replica_kills)
     finally:
         os.killpg(pipeline.pid, signal.SIGINT)
         try:
@@ -110,7 +113,7 @@ def kill_a_train_worker(root: psutil.Process, run_dir: Path) -> dict:
     return {"killed_at": killed}
 
 
-def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen) -> dict:
+def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen, kills: int = 1) -> dict:
     deadline = time.monotonic() + 1800
     while len(processes(root, "ray::ServeReplica")) < 2 or not ready(url):
         assert pipeline.poll() is None and time.monotonic() < deadline, "the endpoint never came up"
@@ -132,22 +135,28 @@ def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen) -
     for thread in threads:
         thread.start()
     time.sleep(3)
-    victim = processes(root, "ray::ServeReplica")[0]
-    victim.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    print(f"[chaos] killed Serve replica pid {victim.pid} under load", flush=True)
-    while len([p for p in processes(root, "ray::ServeReplica") if p.pid != victim.pid]) < 2 or not ready(url):
-        if time.monotonic() - killed > 180:
-            break
-        time.sleep(0.2)
-    replaced = time.monotonic() - killed
-    time.sleep(3)
+    first_kill, replaced, per_kill = None, [], []
+    for n in range(kills):
+        victim = processes(root, "ray::ServeReplica")[0]
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        first_kill = first_kill or killed
+        print(f"[chaos] killed Serve replica pid {victim.pid} under load ({n + 1}/{kills})", flush=True)
+        while len([p for p in processes(root, "ray::ServeReplica") if p.pid != victim.pid]) < 2 or \
+                not ready(url):
+            if time.monotonic() - killed > 180:
+                break
+            time.sleep(0.2)
+        replaced.append(time.monotonic() - killed)
+        time.sleep(3)
+        per_kill.append(sum(status != 200 for at, status in answers if at >= killed))
     stop.set()
     for thread in threads:
         thread.join()
-    during = [status for at, status in answers if at >= killed]
-    return {"replaced_s": replaced, "requests": len(answers), "after_kill": len(during),
-            "failed": sum(status != 200 for _, status in answers),
+    during = [status for at, status in answers if at >= first_kill]
+    return {"replaced_s": max(replaced), "requests": len(answers), "after_kill": len(during),
+            "failed": sum(status != 200 for _, status in answers), "kills": kills,
+            "kills_with_loss": sum(1 for n in per_kill if n),  # failures from each kill to 3 s after
             "outcomes": dict(collections.Counter(status for _, status in answers))}
 
 
@@ -189,7 +198,9 @@ def report(run_dir: Path, uri: str, run_name: str, training: dict, serving: dict
     else:
         resumed_text = "no restarted worker group reported (the trial had finished)"
     print(f"  training                 {resumed_text}")
-    print(f"  replica                  replaced {serving['replaced_s']:.1f} s after the kill")
+    print(f"  replica                  replaced {serving['replaced_s']:.1f} s after the kill "
+          f"(the slowest of {serving['kills']}); kills that lost a request: "
+          f"{serving['kills_with_loss']} of {serving['kills']}")
 
 
 if __name__ == "__main__":
