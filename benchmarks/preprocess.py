@@ -24,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -129,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     source = workdir / "source"
     make_files(source, args.rows, args.cols, args.files)
-    import tempfile
-
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         pandas = measure(PANDAS, str(source), str(Path(tmp) / "pandas.parquet"))
         print(f"[bench] pandas   {pandas['wall_s']:.1f} s, peak {pandas['peak_gb']:.2f} GB", flush=True)

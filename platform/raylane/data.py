@@ -336,12 +336,17 @@ def _file_schema(fs: pafs.FileSystem, path: str, fmt: str, cfg: DataConfig) -> p
             return pq.read_schema(local, filesystem=fs)
         import pyarrow.csv as pacsv
 
-        with fs.open_input_stream(local, compression="detect" if local.endswith(".gz") else None) as f:
+        with _open(fs, local) as f:
             options = pacsv.ReadOptions(block_size=1 << 20)
             parse = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
             return pacsv.open_csv(f, read_options=options, parse_options=parse).schema
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"data.source {cfg.source!r}: cannot read {path!r}: {err}") from err
+
+
+def _open(fs: pafs.FileSystem, path: str) -> Any:
+    """An input stream of a CSV file, gunzipped when it is a .gz."""
+    return fs.open_input_stream(path, compression="detect" if path.endswith(".gz") else None)
 
 
 def _resolve_columns(cfg: DataConfig, files: list[str], schemas: list[pa.Schema]
@@ -480,7 +485,7 @@ class _ReadFile:
         convert = pacsv.ConvertOptions(include_columns=columns, column_types=types,
                                        strings_can_be_null=True)
         parse = pacsv.ParseOptions(invalid_row_handler=on_invalid)
-        with self.fs.open_input_stream(local, compression="detect" if local.endswith(".gz") else None) as f:
+        with _open(self.fs, local) as f:
             table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False),
                                    parse_options=parse, convert_options=convert)
         frame = table.to_pandas()

@@ -510,13 +510,13 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     if current is None:
         promoted, reason = True, f"no {cfg.champion_alias} yet; {model.test_metric}={model.test_score:.4f}"
     else:
-        old = registry.metric_of(current, model.test_metric)
         if registry.gate_metric(current) != model.test_metric:  # another task: not comparable
             promoted = False
             reason = (f"{cfg.champion_alias} v{current.version} is judged by "
                       f"{registry.gate_metric(current)}, this version by {model.test_metric}: not "
                       f"comparable; `raylane promote {cfg.name} <version> --force` to switch")
         else:
+            old = registry.metric_of(current, model.test_metric)
             promoted = old is None or (model.test_score != old and
                                        not registry.worse(model.test_metric, model.test_score, old))
             verb = "beats" if promoted else "does not beat"

@@ -100,8 +100,8 @@ def test_replica_killed_under_load_is_replaced_without_losing_requests(champion,
         assert len(during) > 100
         if proxy == "haproxy":
             # Replayed: every request the dying replica had not started answering. Seen once in
-            # about 20 kills: one connection closed at the kill instant (a response cut mid-write,
-            # which no proxy can replay; the replica now writes headers and body back to back).
+            # about 25 kills: one connection closed at the kill instant (a response cut after its
+            # headers, which no proxy can replay).
             failed_at = [at - killed_at for at, status, _ in load.answers if status != 200]
             assert len(failures) <= 1 and all(0 <= at < 0.2 for at in failed_at), failures
         else:

@@ -81,14 +81,8 @@ class ServingMiddleware:
             await JSONResponse(server.openapi_schema())(scope, receive, send)
             return
         status_seen = {"status": 500, "version": server.slot.champion.version}
-        held: list[Message] = []
 
         async def send_with_version(message: Message) -> None:
-            # The status line and headers are held until the first body chunk, and both go to the
-            # server back to back: a replica killed between them would leave the proxy a response
-            # cut after its headers, which no proxy can replay (one with nothing sent, it can).
-            if held and message["type"] == "http.response.body":
-                await send(held.pop())
             if message["type"] == "http.response.start":
                 status_seen["status"] = message["status"]
                 raw = message.setdefault("headers", [])
@@ -98,8 +92,6 @@ class ServingMiddleware:
                 else:
                     status_seen["version"] = serving.ANSWERING.get() or status_seen["version"]
                     raw.append((b"x-model-version", status_seen["version"].encode()))
-                held.append(message)
-                return
             await send(message)
 
         try:
