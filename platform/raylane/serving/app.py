@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raylane import serving
-from raylane.serving import openapi
+from raylane.serving import oneshot, openapi
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
 from raylane.serving.metrics import ServingMetrics, protocol_of
 from raylane.serving.model import LoadedModel, ServeArgs
@@ -170,6 +170,7 @@ class ModelServer:
     """One replica: holds the champion (and canary), follows the registry, answers the routes."""
 
     def __init__(self, args: ServeArgs):
+        oneshot.install()  # this replica's responses leave in one write: see raylane.serving.oneshot
         self.args = args
         self.metrics = ServingMetrics(args.model_name)
         self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds))
