@@ -106,6 +106,14 @@ class TrainConfig(_Section):
     """Worker-group restarts allowed per trial before it fails (FailureConfig.max_failures)."""
     checkpoints_to_keep: int = Field(default=2, ge=1)
     """Checkpoints kept per trial, the best by the tune metric (CheckpointConfig.num_to_keep)."""
+    ingest: Literal["auto", "memory", "stream"] = "auto"
+    """How a PyTorch worker reads its shard. memory: read it once into tensors on the worker's
+    device, then shuffle and slice batches there each epoch (a plain PyTorch loop's speed);
+    stream: Ray Data's iter_torch_batches every epoch (any size). auto: memory when the shard
+    takes at most ingest_memory_fraction of the device's free memory, else stream."""
+    ingest_memory_fraction: float = Field(default=0.25, gt=0, le=0.9)
+    """Share of the free memory (GPU memory on a GPU worker) an in-memory shard may take under
+    ingest: auto."""
 
 
 HYPERPARAMETERS = ("lr", "weight_decay", "hidden_size", "num_layers", "dropout", "batch_size")

@@ -17,6 +17,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from raylane.train import ingest
 from raylane.train.model import ModelSpec, build_mlp
 from raylane.train.weights import (
     TORCH_STATE_FILE,
@@ -53,27 +54,41 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
     device = ray.train.torch.get_device()
+    context = ray.train.get_context()
+    world_size = context.get_world_size()
 
-    world_size = ray.train.get_context().get_world_size()
+    mode, why = ingest.choose(config, device, context.get_local_world_size(), world_size,
+                              row_bytes=4 * spec.input_dim + 8)
+    if mode == "memory":  # read once, then shuffle and slice on the device every epoch
+        train_shard = ingest.InMemoryShard.read(train_shard, device)
+        ingest.equal_rows(train_shard, world_size)
+        val_data = ingest.InMemoryShard.read(val_data, device)
+    if context.get_world_rank() == 0:
+        print(f"[raylane] worker ingest: {mode} ({why})", flush=True)
+
+    def batches(dataset: Any, batch_size: int, seed: int | None = None) -> Any:
+        if mode == "memory":
+            return dataset.batches(batch_size, seed)
+        return ingest.streamed(dataset, batch_size, device, seed)
+
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
-        total_loss, total_rows, started = 0.0, 0, time.perf_counter()
-        for batch in train_shard.iter_torch_batches(
-            batch_size=config["batch_size"], local_shuffle_buffer_size=4 * config["batch_size"],
-            local_shuffle_seed=config["seed"] + epoch, device=device,
-        ):
-            optimizer.zero_grad()
-            loss = objective.loss(model(batch["features"]), batch["label"])
+        total_loss, total_rows, started = torch.zeros((), device=device), 0, time.perf_counter()
+        for features, labels in batches(train_shard, config["batch_size"], config["seed"] + epoch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = objective.loss(model(features), labels)
             loss.backward()  # DDP all-reduces the gradients here
             optimizer.step()
-            total_loss += loss.item() * len(batch["label"])
-            total_rows += len(batch["label"])
+            # Summed on the device: no host synchronisation per batch (loss.item() would wait).
+            total_loss += loss.detach() * len(labels)
+            total_rows += len(labels)
+        total_loss = total_loss.item()
 
         epoch_time = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(total_rows, 1),
-            **evaluate(model, val_data, config["batch_size"], device, objective),
+            **evaluate(model, batches(val_data, max(config["batch_size"], 256)), objective),
             "start_epoch": start_epoch,  # > 0 when this worker group resumed from a checkpoint
             "train_rows": total_rows * world_size,  # rows seen by all workers this epoch
             "epoch_time_s": epoch_time,
@@ -88,6 +103,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_checkpoint(directory, model, optimizer, epoch, spec)
                 write_history(directory, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
+            metrics["epoch_wall_s"] = time.perf_counter() - started  # training, evaluation, checkpoint
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 
 
@@ -116,17 +132,16 @@ class Objective:
         return "val_mae" if self.regression else "val_accuracy"
 
 
-def evaluate(model: nn.Module, dataset: Any, batch_size: int, device: Any,
-             objective: Objective) -> dict[str, float]:
-    """Returns {val_loss, val_accuracy or val_mae} of `model` over every row of `dataset`."""
+def evaluate(model: nn.Module, batches: Any, objective: Objective) -> dict[str, float]:
+    """Returns {val_loss, val_accuracy or val_mae} of `model` over (features, labels) `batches`."""
     model.eval()
     loss_sum, score, rows = 0.0, 0.0, 0
     with torch.no_grad():
-        for batch in dataset.iter_torch_batches(batch_size=max(batch_size, 256), device=device):
-            outputs = model(batch["features"])
-            loss_sum += objective.loss(outputs, batch["label"], reduction="sum").item()
-            score += objective.score(outputs, batch["label"])
-            rows += len(batch["label"])
+        for features, labels in batches:
+            outputs = model(features)
+            loss_sum += objective.loss(outputs, labels, reduction="sum").item()
+            score += objective.score(outputs, labels)
+            rows += len(labels)
     return {"val_loss": loss_sum / max(rows, 1), objective.score_name: score / max(rows, 1)}
 
 

@@ -1,0 +1,169 @@
+"""Training throughput of a raylane PyTorch worker against a plain PyTorch loop, same model, same
+batch, same data, same run; and the fixed cost of a `trainer.fit()` outside its epochs.
+
+    python -m benchmarks.ingest [--rows 200000] [--cols 64] [--hidden 512] [--batch 512] [--epochs 3]
+
+The data: `--rows` x `--cols` float32 features and a 10-class label in Parquet files, prepared by
+`raylane.data.prepare` as the pipeline does (the train split is 70% of the rows). Then:
+
+    plain    the train split already in memory as two tensors; each epoch one permutation,
+             batches sliced from it; MLP cols-hidden-hidden-10, AdamW, one thread (a Ray
+             worker with one CPU runs torch on one thread too)
+    memory   raylane's TorchTrainer, one worker, train.ingest=memory (the default `auto` picks it
+             when the shard fits): the shard read once into tensors, then the same loop
+    stream   the same trainer with train.ingest=stream: Ray Data's iter_torch_batches each epoch,
+             the stock Ray Train input path
+
+samples/s is train rows / the training part of an epoch (median over epochs; each raylane epoch
+also evaluates on val and writes a checkpoint, timed apart). The fixed cost is the fit's wall time
+less its epochs (training, evaluation, checkpoint): starting the worker group and the dataset
+split, and tearing them down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_files(directory: Path, rows: int, cols: int, files: int = 8) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    marker = directory / f"_{rows}x{cols}x{files}"
+    if marker.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.parquet"):
+        old.unlink()
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, cols)).astype(np.float32)
+    per_file = -(-rows // files)
+    for i in range(files):
+        n = min(per_file, rows - i * per_file)
+        label = rng.integers(0, 10, size=n)
+        x = centers[label] + rng.normal(scale=2.0, size=(n, cols)).astype(np.float32)
+        table = {f"f{j}": pa.array(x[:, j]) for j in range(cols)}
+        table["label"] = pa.array(label.astype(np.int64))
+        pq.write_table(pa.table(table), directory / f"part-{i:03d}.parquet")
+    marker.touch()
+    print(f"[bench] wrote {rows:,} rows x {cols} columns to {directory}", flush=True)
+
+
+def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: int) -> list[float]:
+    """Samples/s of each epoch of the loop a PyTorch user writes with the data in memory."""
+    import torch
+    from raylane.train.model import ModelSpec, build_mlp
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    spec = ModelSpec(input_dim=input_dim, num_classes=10, hidden_size=cfg.train.hidden_size,
+                     num_layers=cfg.train.num_layers, dropout=0.0)
+    model = build_mlp(spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    rates = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
+        xs, ys = features[order], labels[order]
+        model.train()
+        total = torch.zeros(())
+        for start in range(0, len(ys), cfg.train.batch_size):
+            xb, yb = xs[start:start + cfg.train.batch_size], ys[start:start + cfg.train.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(yb)
+        total.item()
+        rates.append(len(ys) / (time.perf_counter() - started))
+        print(f"[bench] plain    epoch {epoch}: {rates[-1]:,.0f} samples/s", flush=True)
+    return rates
+
+
+def raylane_fit(cfg: Any, prepared: Any, storage: str, ingest: str) -> dict[str, Any]:
+    """One TorchTrainer fit as a Tune trial runs it; its epochs' figures and its fixed cost."""
+    from raylane.config import PipelineConfig
+    from raylane.train.trainer import build_trainer
+
+    cfg = PipelineConfig.model_validate(
+        {**cfg.model_dump(), "train": {**cfg.train.model_dump(), "ingest": ingest}})
+    trainer = build_trainer(cfg, {}, prepared, name=f"ingest-{ingest}-{time.time_ns()}", storage_path=storage)
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    if result.error:
+        raise SystemExit(f"[bench] the {ingest} fit failed: {result.error}")
+    epochs = result.metrics_dataframe
+    rates = list(epochs["train_rows"] / epochs["epoch_time_s"])
+    spent = float((epochs["epoch_wall_s"]).sum())
+    for epoch, rate in enumerate(rates):
+        print(f"[bench] {ingest:<8} epoch {epoch}: {rate:,.0f} samples/s", flush=True)
+    return {"samples_per_s": statistics.median(rates), "fit_wall_s": wall, "epochs_s": spent,
+            "fixed_s": wall - spent, "val_accuracy": float(epochs["val_accuracy"].iloc[-1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--cols", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    parser.add_argument("--skip-stream", action="store_true", help="measure only plain and memory")
+    parser.add_argument("--workdir", default="bench_data/ingest")
+    args = parser.parse_args(argv)
+
+    import ray
+    from raylane import data
+    from raylane.config import PipelineConfig
+
+    workdir = Path(args.workdir).resolve()
+    make_files(workdir / "source", args.rows, args.cols)
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": str(workdir / "source"), "label_column": "label"},
+        "train": {"num_workers": 1, "epochs": args.epochs, "batch_size": args.batch,
+                  "hidden_size": args.hidden, "num_layers": 2, "lr": 1e-3,
+                  "checkpoints_to_keep": args.epochs},  # the result lists kept checkpoints only
+        "tune": {"metric": "val_accuracy"},
+    })
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="error")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        prepared = data.prepare(cfg.data, tmp)
+        x, y = data.to_numpy(prepared.train)
+        print(f"[bench] train split: {len(y):,} rows x {x.shape[1]} features", flush=True)
+        plain = statistics.median(plain_loop(x, y, cfg, prepared.input_dim, args.epochs))
+        sides = {"memory": raylane_fit(cfg, prepared, tmp + "/runs", "memory")}
+        if not args.skip_stream:
+            sides["stream"] = raylane_fit(cfg, prepared, tmp + "/runs", "stream")
+    ray.shutdown()
+
+    print(f"[bench] plain loop: {plain:,.0f} samples/s")
+    for name, side in sides.items():
+        print(f"[bench] raylane {name}: {side['samples_per_s']:,.0f} samples/s, "
+              f"fit {side['fit_wall_s']:.1f} s = epochs {side['epochs_s']:.1f} s "
+              f"+ fixed {side['fixed_s']:.1f} s; "
+              f"val_accuracy {side['val_accuracy']:.3f}")
+    result = {"rows": args.rows, "cols": args.cols, "batch": args.batch, "plain_samples_per_s": plain,
+              **{f"{n}_{k}": v for n, side in sides.items() for k, v in side.items()},
+              **{f"ratio_{n}": side["samples_per_s"] / plain for n, side in sides.items()}}
+    print("ratio " + " ".join(f"{n}={result[f'ratio_{n}']:.2f}x" for n in sides)
+          + f" fixed_cost={sides['memory']['fixed_s']:.1f}s (raylane / plain loop; targets: memory >= 0.9x, "
+          "fixed cost <= 10 s)")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
