@@ -1,0 +1,126 @@
+"""raylane's hyperparameter search against its baselines, same machine, same run; prints ratios.
+
+    python -m benchmarks.tune [--samples 8] [--epochs 9] [--trivial 30]
+
+1. ASHA against full-budget random search. The same random configurations (same seed) of the
+   pipeline's search space, on the digits demo data, through `raylane.tune.search` as the
+   pipeline runs it (a Ray Train fit per trial): once with ASHA stopping weak trials (grace 1
+   epoch, reduction factor 3), once with every trial run to `--epochs`. Compute is the epochs the
+   trials trained, in worker seconds (training, evaluation, checkpoint of each epoch) and in
+   count; the ratio is ASHA's over random search's, given that ASHA found a configuration as good
+   (its best validation accuracy within one validation row of random search's best).
+
+2. Per-trial overhead of the Tune layer: `--trivial` trials that report once and do nothing else,
+   two at a time on two CPUs, with stock Tune's defaults (a new actor process per trial) and with
+   raylane's trial settings (`raylane.tune`: reused trial drivers, a near-zero CPU reservation).
+   A raylane trial also pays its Ray Train fit's own fixed cost, measured by benchmarks/ingest.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def search(storage: str, scheduler: str, samples: int, epochs: int) -> dict[str, Any]:
+    from raylane import data
+    from raylane import tune as raylane_tune
+    from raylane.config import load_config
+
+    cfg = load_config(None, [
+        f"tune.scheduler={scheduler}", "tune.search_alg=random", f"tune.num_samples={samples}",
+        "tune.grace_period=1", "tune.reduction_factor=3", "tune.max_concurrent_trials=2",
+        f"train.epochs={epochs}", "train.num_workers=1", f"train.checkpoints_to_keep={epochs}",
+    ])
+    prepared = data.prepare(cfg.data, storage)
+    started = time.perf_counter()
+    best = raylane_tune.search(cfg, prepared, f"bench-{scheduler}", storage)
+    wall = time.perf_counter() - started
+    epochs_run, seconds = 0, 0.0
+    for result in best.results:
+        frame = result.metrics_dataframe
+        epochs_run += len(frame)
+        seconds += float(frame["epoch_wall_s"].sum())
+    val_rows = prepared.num_rows["val"]
+    print(f"[bench] {scheduler:<5} {len(best.results)} trials, {epochs_run} epochs, {seconds:.1f} worker-s "
+          f"in epochs, {wall:.0f} s wall; best val_accuracy {best.metrics['val_accuracy']:.4f}", flush=True)
+    return {"trials": len(best.results), "epochs": epochs_run, "epoch_seconds": seconds, "wall_s": wall,
+            "best_val_accuracy": float(best.metrics["val_accuracy"]), "val_rows": val_rows}
+
+
+TRIVIAL = """
+import sys, time
+import ray
+from ray import tune
+from raylane import tune as raylane_tune
+n, settings = int(sys.argv[1]), sys.argv[2]
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="error")
+def trivial(config):
+    tune.report({"score": config["x"]})
+trainable, options = trivial, {}
+if settings == "raylane":
+    trainable = tune.with_resources(trivial, {"cpu": raylane_tune.TRIAL_DRIVER_CPUS})
+    options = {"reuse_actors": raylane_tune.REUSE_TRIAL_DRIVERS}
+start = time.perf_counter()
+tune.Tuner(trainable, param_space={"x": tune.uniform(0, 1)},
+           tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=2, metric="score", mode="max",
+                                       **options),
+           run_config=tune.RunConfig(storage_path=sys.argv[3], verbose=0)).fit()
+print("WALL", time.perf_counter() - start)
+"""
+
+
+def trivial_trials(n: int, settings: str, storage: str) -> float:
+    """Seconds per trivial trial, in a fresh interpreter and Ray of its own."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", TRIVIAL, str(n), settings, storage], check=True,
+                         capture_output=True, text=True).stdout
+    per_trial = float(out.split("WALL", 1)[1].split()[0]) / n
+    print(f"[bench] {n} trivial trials, {settings} settings: {per_trial:.2f} s per trial", flush=True)
+    return per_trial
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=8, help="configurations each search tries")
+    parser.add_argument("--epochs", type=int, default=9, help="full budget of a trial")
+    parser.add_argument("--trivial", type=int, default=30, help="trivial trials for the overhead")
+    parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    parser.add_argument("--workdir", default="bench_data/tune")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        stock = trivial_trials(args.trivial, "stock", tmp + "/trivial")
+        ours = trivial_trials(args.trivial, "raylane", tmp + "/trivial")
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="error")
+        asha = search(tmp + "/asha", "asha", args.samples, args.epochs)
+        full = search(tmp + "/fifo", "fifo", args.samples, args.epochs)
+        ray.shutdown()
+
+    tolerance = 1 / full["val_rows"]
+    found = asha["best_val_accuracy"] >= full["best_val_accuracy"] - tolerance - 1e-9
+    result = {"asha": asha, "random": full, "asha_found_the_best": found,
+              "compute_ratio": asha["epoch_seconds"] / full["epoch_seconds"],
+              "epochs_ratio": asha["epochs"] / full["epochs"], "wall_ratio": asha["wall_s"] / full["wall_s"],
+              "overhead_stock_s": stock, "overhead_raylane_s": ours}
+    print(f"ratio compute={result['compute_ratio']:.2f}x (epochs {result['epochs_ratio']:.2f}x, "
+          f"wall {result['wall_ratio']:.2f}x; ASHA / random search; target <= 0.35; ASHA's best "
+          f"{'matches' if found else 'is below'} random search's) "
+          f"per_trial_overhead={ours:.2f}s vs stock {stock:.2f}s (target <= 0.3 s)")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
