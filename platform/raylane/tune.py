@@ -21,10 +21,6 @@ from raylane.train.trainer import build_trainer
 # A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
 # that the trainer's workers or Ray Data need (2-core machines deadlock otherwise).
 TRIAL_DRIVER_CPUS = 0.01
-# Trial drivers are reused from one trial to the next: a new actor process per trial (with
-# torch and Ray Train imported again) costs about 1 s of Tune overhead per trial on 2 cores,
-# a reused one about 0.1 s (benchmarks/tune.py).
-REUSE_TRIAL_DRIVERS = True
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,6 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
         tune_config=tune.TuneConfig(
             metric=tc.metric, mode=tc.mode, search_alg=_search_alg(cfg), scheduler=scheduler,
             num_samples=tc.num_samples, max_concurrent_trials=tc.max_concurrent_trials,
-            reuse_actors=REUSE_TRIAL_DRIVERS,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=storage.join(storage_path, run_name),

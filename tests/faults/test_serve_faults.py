@@ -99,11 +99,9 @@ def test_replica_killed_under_load_is_replaced_without_losing_requests(champion,
               f"{replaced_after:.1f} s, outcomes {dict(outcomes)}, failures {failures}")
         assert len(during) > 100
         if proxy == "haproxy":
-            # Replayed: every request the dying replica had not started answering. Seen once in
-            # about 25 kills: one connection closed at the kill instant (a response cut after its
-            # headers, which no proxy can replay).
-            failed_at = [at - killed_at for at, status, _ in load.answers if status != 200]
-            assert len(failures) <= 1 and all(0 <= at < 0.2 for at in failed_at), failures
+            # Replayed: every request the dying replica had not answered. A response leaves the
+            # replica in one write (raylane.serving.oneshot), so none is cut after its headers.
+            assert not failures, failures
         else:
             assert len(failures) <= CLIENTS, outcomes  # at most the requests in flight at the kill
             failed_at = [at - killed_at for at, status, _ in load.answers if status != 200]
