@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ray
-    from raylane import data
+    from raylane import cluster, data
     from raylane.config import PipelineConfig
 
     workdir = Path(args.workdir).resolve()
@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                   "hidden_size": args.hidden, "num_layers": 2, "lr": 1e-3,
                   "checkpoints_to_keep": args.epochs},  # the result lists kept checkpoints only
         "tune": {"metric": "val_accuracy"},
+        "cluster": {"num_cpus": args.cpus}, "serve": {"enabled": False},
     })
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="error")
+    cluster.connect(cfg)  # as the pipeline starts Ray
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prepared = data.prepare(cfg.data, tmp)
         x, y = data.to_numpy(prepared.train)

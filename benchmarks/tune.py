@@ -70,8 +70,7 @@ if settings == "raylane":
     trainable = tune.with_resources(trivial, {"cpu": raylane_tune.TRIAL_DRIVER_CPUS})
 start = time.perf_counter()
 tune.Tuner(trainable, param_space={"x": tune.uniform(0, 1)},
-           tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=2, metric="score", mode="max",
-                                       ),
+           tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=2, metric="score", mode="max"),
            run_config=tune.RunConfig(storage_path=sys.argv[3], verbose=0)).fit()
 print("WALL", time.perf_counter() - start)
 """
@@ -99,13 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ray
+    from raylane import cluster
+    from raylane.config import load_config
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         stock = trivial_trials(args.trivial, "stock", tmp + "/trivial")
         ours = trivial_trials(args.trivial, "raylane", tmp + "/trivial")
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="error")
+        # As the pipeline starts Ray (the dashboard's State API frees stopped trials' resources).
+        cluster.connect(load_config(None, [f"cluster.num_cpus={args.cpus}", "serve.enabled=false"]))
         asha = search(tmp + "/asha", "asha", args.samples, args.epochs)
         full = search(tmp + "/fifo", "fifo", args.samples, args.epochs)
         ray.shutdown()
