@@ -1,7 +1,7 @@
 """Training throughput of a raylane PyTorch worker against a plain PyTorch loop, same model, same
 batch, same data, same run; and the fixed cost of a `trainer.fit()` outside its epochs.
 
-    python -m benchmarks.ingest [--rows 200000] [--cols 64] [--hidden 512] [--batch 512] [--epochs 3]
+    python -m benchmarks.ingest [--rows 200000] [--cols 64] [--hidden 512] [--batch 512] [--epochs 5]
 
 The data: `--rows` x `--cols` float32 features and a 10-class label in Parquet files, prepared by
 `raylane.data.prepare` as the pipeline does (the train split is 70% of the rows). Then:
@@ -14,7 +14,8 @@ The data: `--rows` x `--cols` float32 features and a 10-class label in Parquet f
     stream   the same trainer with train.ingest=stream: Ray Data's iter_torch_batches each epoch,
              the stock Ray Train input path
 
-samples/s is train rows / the training part of an epoch (median over epochs; each raylane epoch
+samples/s is train rows / the training part of an epoch (median over epochs, and the best epoch
+of each side, since a 2-core machine running Ray's own processes is noisy; each raylane epoch
 also evaluates on val and writes a checkpoint, timed apart). The fixed cost is the fit's wall time
 less its epochs (training, evaluation, checkpoint): starting the worker group and the dataset
 split, and tearing them down.
@@ -108,8 +109,9 @@ def raylane_fit(cfg: Any, prepared: Any, storage: str, ingest: str) -> dict[str,
     spent = float((epochs["epoch_wall_s"]).sum())
     for epoch, rate in enumerate(rates):
         print(f"[bench] {ingest:<8} epoch {epoch}: {rate:,.0f} samples/s", flush=True)
-    return {"samples_per_s": statistics.median(rates), "fit_wall_s": wall, "epochs_s": spent,
-            "fixed_s": wall - spent, "val_accuracy": float(epochs["val_accuracy"].iloc[-1])}
+    return {"samples_per_s": statistics.median(rates), "best_samples_per_s": max(rates),
+            "fit_wall_s": wall, "epochs_s": spent, "fixed_s": wall - spent,
+            "val_accuracy": float(epochs["val_accuracy"].iloc[-1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--skip-stream", action="store_true", help="measure only plain and memory")
     parser.add_argument("--workdir", default="bench_data/ingest")
@@ -144,22 +146,28 @@ def main(argv: list[str] | None = None) -> int:
         prepared = data.prepare(cfg.data, tmp)
         x, y = data.to_numpy(prepared.train)
         print(f"[bench] train split: {len(y):,} rows x {x.shape[1]} features", flush=True)
-        plain = statistics.median(plain_loop(x, y, cfg, prepared.input_dim, args.epochs))
+        plain_rates = plain_loop(x, y, cfg, prepared.input_dim, args.epochs)
+        plain, plain_best = statistics.median(plain_rates), max(plain_rates)
         sides = {"memory": raylane_fit(cfg, prepared, tmp + "/runs", "memory")}
         if not args.skip_stream:
             sides["stream"] = raylane_fit(cfg, prepared, tmp + "/runs", "stream")
     ray.shutdown()
 
-    print(f"[bench] plain loop: {plain:,.0f} samples/s")
+    print(f"[bench] plain loop: {plain:,.0f} samples/s (best epoch {plain_best:,.0f})")
     for name, side in sides.items():
-        print(f"[bench] raylane {name}: {side['samples_per_s']:,.0f} samples/s, "
+        print(f"[bench] raylane {name}: {side['samples_per_s']:,.0f} samples/s "
+              f"(best epoch {side['best_samples_per_s']:,.0f}), "
               f"fit {side['fit_wall_s']:.1f} s = epochs {side['epochs_s']:.1f} s "
               f"+ fixed {side['fixed_s']:.1f} s; "
               f"val_accuracy {side['val_accuracy']:.3f}")
     result = {"rows": args.rows, "cols": args.cols, "batch": args.batch, "plain_samples_per_s": plain,
               **{f"{n}_{k}": v for n, side in sides.items() for k, v in side.items()},
-              **{f"ratio_{n}": side["samples_per_s"] / plain for n, side in sides.items()}}
-    print("ratio " + " ".join(f"{n}={result[f'ratio_{n}']:.2f}x" for n in sides)
+              **{f"ratio_{n}": side["samples_per_s"] / plain for n, side in sides.items()},
+              **{f"best_epoch_ratio_{n}": side["best_samples_per_s"] / plain_best
+                 for n, side in sides.items()}}
+    ratios = [f"{n}={result[f'ratio_{n}']:.2f}x (best epochs {result[f'best_epoch_ratio_{n}']:.2f}x)"
+              for n in sides]
+    print("ratio " + " ".join(ratios)
           + f" fixed_cost={sides['memory']['fixed_s']:.1f}s (raylane / plain loop; targets: memory >= 0.9x, "
           "fixed cost <= 10 s)")
     print(json.dumps(result))
