@@ -29,6 +29,9 @@ class ClusterConfig(_Section):
     """Ray cluster to join ('auto', 'ray://host:10001', ...). Unset: RAY_ADDRESS, else a new local Ray."""
     num_cpus: int | None = Field(default=None, ge=1)
     """Logical CPUs of a new local Ray. Unset: enough for the trials, their workers and Ray Data."""
+    object_store_memory: int | None = Field(default=None, ge=78_643_200)
+    """Bytes of Ray's object store on a new local Ray (at least 75 MiB). Unset: Ray's default,
+    30% of the machine's memory."""
 
 
 class DataConfig(_Section):
@@ -52,6 +55,12 @@ class DataConfig(_Section):
     'fail' stops before training naming file, line and column; 'drop' skips it and counts it."""
     max_categories: int = Field(default=50, ge=1)
     """Categorical columns: one-hot over the most frequent train categories; others count as unseen."""
+    streaming: bool | Literal["auto"] = "auto"
+    """false: the typed rows and the three encoded splits are held in Ray's object store (one read
+    of the files, epochs from memory). true: nothing is held whole: the files are read twice
+    (statistics, then encoding), the encoded splits are written as Parquet under the run's
+    storage, and training streams them every epoch. auto: streaming when the rows' estimated
+    size in memory exceeds a quarter of the object store."""
 
     @model_validator(mode="after")
     def _columns_consistent(self) -> DataConfig:

@@ -1,7 +1,7 @@
 """Ray Data stage: read sharded files by a typed schema, set bad rows aside, split, encode.
 
     data = prepare(cfg.data, cfg.storage_path)
-    data.train, data.val, data.test    # materialized Ray Datasets: {"features", "label"}
+    data.train, data.val, data.test    # Ray Datasets: {"features", "label"} (test: also "raw:<col>")
 
 Each file is read by one Ray task (`_ReadFile`), which types every feature column by its kind
 (numeric, categorical, boolean; `raylane.preprocess`) and marks a row bad, with its file, line and
@@ -12,9 +12,16 @@ own schemas before any row is read. The split is a hash of each row's raw values
 between splits. Imputation, scaling and one-hot statistics are fitted on train only and travel with
 the model (`Preprocessor`), so the endpoint takes the raw columns by name.
 
-What is materialized, and why: the typed rows once (the split statistics and the three splits are
-computed from them without reading the files again), then the three encoded splits, which the
-Train workers read every epoch without competing with Ray Data for CPU slots.
+What is materialized, and why (`data.streaming`):
+- in memory (the default when the rows' estimated size is at most a quarter of the object store):
+  the typed rows once, so the split statistics and the three splits are computed without reading
+  the files again, then the three encoded splits, which the Train workers read every epoch without
+  competing with Ray Data for CPU slots.
+- streaming (larger data): nothing is held whole. A first streaming pass over the files computes
+  the split sizes, bad rows and train statistics; a second encodes every row and writes the three
+  splits as Parquet under the run's storage (`split=train|val|test`); the datasets read them
+  lazily, so each epoch streams from storage. A worker whose shard fits in its memory still keeps
+  it after the first epoch's read (`train.ingest`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import fnmatch
 import hashlib
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +87,8 @@ class PreparedData:
     task: str = "classification"
     target: dict[str, float] = field(default_factory=dict)
     """Regression: the train label's mean and std (the network learns the standardized value)."""
+    location: str | None = None
+    """Streaming: where the encoded splits were written (Parquet); the datasets read from there."""
 
     @property
     def num_outputs(self) -> int:
@@ -95,8 +105,10 @@ class PreparedData:
                            "encoded": self.preprocessor.output_names()})
 
 
-def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
-    """Returns the split, encoded and materialized datasets described by `cfg`."""
+def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) -> PreparedData:
+    """Returns the split and encoded datasets described by `cfg`: materialized in the object store,
+    or with `data.streaming`, written as Parquet under `directory` (default: under the storage
+    path) and read from there lazily."""
     import ray.data
 
     _configure_ray_data()
@@ -110,14 +122,17 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
     kinds, drift = _resolve_columns(cfg, files, schemas)
     for note in drift:
         progress.say(f"  schema drift: {note}")
+    streaming = _streaming(cfg, fs, files, fmt)
 
     reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task)
     split_fn = _SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     items = ray.data.from_items([{"index": i, "path": f} for i, f in enumerate(files)],
                                 override_num_blocks=min(len(files), 256))
+    rows = items.map_batches(reader, batch_size=1, batch_format="pandas") \
+        .map_batches(split_fn, batch_format="pandas")
     try:
-        rows = items.map_batches(reader, batch_size=1, batch_format="pandas") \
-            .map_batches(split_fn, batch_format="pandas").materialize()
+        if not streaming:
+            rows = rows.materialize()
         summary = _summarize(rows, kinds, cfg.task)
     except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
         raise _data_error_in(err, files) from err
@@ -134,18 +149,68 @@ def prepare(cfg: DataConfig, storage_path: str) -> PreparedData:
     if min(summary["num_rows"].values()) == 0:
         raise DataError(f"data.source {cfg.source!r}: too few rows to split ({summary['num_rows']})")
     preprocessor = Preprocessor.fit(kinds, summary["stats"], cfg.max_categories)
-    splits = {
-        name: rows.map_batches(_FinishSplit(code, preprocessor, classes, cfg.task, keep_raw=name == "test"),
-                               batch_format="pandas").materialize()
-        for name, code in _SPLIT_CODE.items()
-    }
+    location = None
+    if streaming:
+        location = directory or storage.join(storage_path, "prepared", summary["digest"])
+        splits = _write_splits(rows, location, preprocessor, classes, cfg.task)
+    else:
+        splits = {
+            name: rows.map_batches(_FinishSplit(code, preprocessor, classes, cfg.task,
+                                                keep_raw=name == "test"), batch_format="pandas").materialize()
+            for name, code in _SPLIT_CODE.items()
+        }
     return PreparedData(
         train=splits["train"], val=splits["val"], test=splits["test"],
         feature_columns=list(kinds), label_column=cfg.label_column, classes=classes,
         preprocessor=preprocessor, source=source, files=files, digest=summary["digest"],
         num_rows=summary["num_rows"], bad_rows=bad, bad_sample=summary["bad_sample"], drift=drift,
-        task=cfg.task, target=target,
+        task=cfg.task, target=target, location=location,
     )
+
+
+# The rows' size in the object store against their size in the files: typed float64 values and
+# Python objects from compressed float32 Parquet, or from CSV text.
+_MEMORY_PER_FILE_BYTE = {"parquet": 3.0, "csv": 1.5}
+_STREAMING_SHARE = 0.25  # of the object store, above which data.streaming=auto streams
+
+
+def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str) -> bool:
+    """Whether to stream (see DataConfig.streaming); prints the choice and why."""
+    import ray
+
+    if cfg.streaming != "auto":
+        progress.say(f"  data.streaming={str(cfg.streaming).lower()}")
+        return bool(cfg.streaming)
+    infos = fs.get_file_info([f.split("://", 1)[-1] for f in files])
+    estimate = sum(max(info.size or 0, 0) for info in infos) * _MEMORY_PER_FILE_BYTE[fmt]
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    streaming = bool(store) and estimate > _STREAMING_SHARE * store
+    progress.say(f"  data.streaming=auto: {'streaming' if streaming else 'in memory'} (rows about "
+                 f"{estimate / 2**20:,.0f} MiB in memory, object store {store / 2**20:,.0f} MiB)")
+    return streaming
+
+
+def _write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes: list[Any],
+                  task: str) -> dict[str, Any]:
+    """Encodes every good row in one streaming pass and writes the three splits as Parquet under
+    `directory` (`split=train`, ...); returns datasets that read them lazily."""
+    fs, root = storage.split(directory)
+    if fs.get_file_info(root).type != pafs.FileType.NotFound:
+        fs.delete_dir(root)  # a partial write by an interrupted attempt
+    encoder = _FinishSplit(None, preprocessor, classes, task, keep_raw=True)
+    rows.map_batches(encoder, batch_format="pandas").write_parquet(root, filesystem=fs,
+                                                                   partition_cols=["split"])
+    return {name: _read_split(directory, name, streaming=True) for name in SPLITS}
+
+
+def _read_split(directory: str, name: str, streaming: bool, partitioned: bool = True) -> Any:
+    import ray.data
+
+    fs, root = storage.split(directory)
+    path = posixpath.join(root, f"split={name}" if partitioned else name)
+    columns = None if name == "test" else ["features", "label"]
+    dataset = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    return dataset if streaming else dataset.materialize()
 
 
 def _configure_ray_data() -> None:
@@ -164,41 +229,44 @@ def prepare_once(cfg: DataConfig, storage_path: str, directory: str) -> tuple[Pr
     loaded = load_prepared(directory)
     if loaded is not None:
         return loaded, True
-    prepared = prepare(cfg, storage_path)
+    prepared = prepare(cfg, storage_path, directory)
     save_prepared(prepared, directory)
     return prepared, False
 
 
 def save_prepared(data: PreparedData, directory: str) -> None:
-    """Writes the three splits (Parquet) and their metadata under `directory`, the marker last."""
+    """Writes the three splits (Parquet) and their metadata under `directory`, the marker last.
+    Streamed data already written there keeps its splits."""
     fs, root = storage.split(directory)
-    if fs.get_file_info(root).type != pafs.FileType.NotFound:
-        fs.delete_dir(root)  # a partial write by an interrupted attempt
-    for name in SPLITS:
-        getattr(data, name).write_parquet(posixpath.join(root, name), filesystem=fs)
+    written_here = data.location is not None and data.location == directory
+    if not written_here:
+        if fs.get_file_info(root).type != pafs.FileType.NotFound:
+            fs.delete_dir(root)  # a partial write by an interrupted attempt
+        for name in SPLITS:
+            getattr(data, name).write_parquet(posixpath.join(root, name), filesystem=fs)
     meta = {
         "feature_columns": data.feature_columns, "label_column": data.label_column,
         "classes": data.classes, "preprocessor": data.preprocessor.to_dict(),
         "source": data.source, "files": data.files, "digest": data.digest, "num_rows": data.num_rows,
         "bad_rows": data.bad_rows, "bad_sample": data.bad_sample, "drift": data.drift,
         "task": data.task, "target": data.target,
+        "streaming": data.location is not None, "partitioned": written_here,
     }
     storage.write_text(storage.join(directory, "prepared.json"), json.dumps(meta))
     storage.write_text(storage.join(directory, _READY_MARKER), "complete\n")
 
 
 def load_prepared(directory: str) -> PreparedData | None:
-    """Returns the splits saved by `save_prepared`, materialized; None unless they are complete."""
-    import ray.data
-
+    """Returns the splits saved by `save_prepared` (materialized, unless they were streamed); None
+    unless they are complete."""
     if storage.read_text(storage.join(directory, _READY_MARKER)) is None:
         return None
     meta = json.loads(storage.read_text(storage.join(directory, "prepared.json")))
     if "preprocessor" not in meta:  # written before typed columns: prepare again
         return None
     _configure_ray_data()
-    fs, root = storage.split(directory)
-    splits = {name: ray.data.read_parquet(posixpath.join(root, name), filesystem=fs).materialize()
+    streaming = meta.get("streaming", False)
+    splits = {name: _read_split(directory, name, streaming, meta.get("partitioned", False))
               for name in SPLITS}
     return PreparedData(
         train=splits["train"], val=splits["val"], test=splits["test"],
@@ -207,6 +275,7 @@ def load_prepared(directory: str) -> PreparedData | None:
         source=meta["source"], files=meta["files"], digest=meta["digest"], num_rows=meta["num_rows"],
         bad_rows=meta["bad_rows"], bad_sample=meta["bad_sample"], drift=meta["drift"],
         task=meta.get("task", "classification"), target=meta.get("target", {}),
+        location=directory if streaming else None,
     )
 
 
@@ -218,9 +287,18 @@ def to_numpy(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def raw_rows(test: Any, limit: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Returns (raw feature columns by name, class indices) of the test split: what a client sends."""
-    batch = test.take_batch(batch_size=limit or test.count(), batch_format="pyarrow").to_pandas()
-    raw = batch[[c for c in batch.columns if c.startswith(RAW_PREFIX)]]
-    return raw.rename(columns=lambda c: c[len(RAW_PREFIX):]), batch["label"].to_numpy()
+    return _raw(test.take_batch(batch_size=limit or test.count(), batch_format="pyarrow"))
+
+
+def iter_raw_rows(test: Any, batch_size: int = 65_536) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """`raw_rows` in batches, for a test split too large to hold at once."""
+    for batch in test.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        yield _raw(batch)
+
+
+def _raw(batch: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = batch.select([c for c in batch.column_names if c.startswith(RAW_PREFIX)]).to_pandas()
+    return frame.rename(columns=lambda c: c[len(RAW_PREFIX):]), batch.column("label").to_numpy()
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -573,12 +651,13 @@ def _summarize(rows: Any, kinds: dict[str, str], task: str) -> dict[str, Any]:
 
 
 class _FinishSplit:
-    """Keeps one split's rows, encodes features and maps labels to class indices.
+    """Keeps one split's rows (`code`), or every good row with a `split` column naming its split
+    (`code` None), encodes features and maps labels to class indices.
 
     The test split also keeps the raw columns: the logged model is evaluated on what a client sends.
     """
 
-    def __init__(self, code: int, preprocessor: Preprocessor, classes: list[Any], task: str,
+    def __init__(self, code: int | None, preprocessor: Preprocessor, classes: list[Any], task: str,
                  keep_raw: bool) -> None:
         self.code, self.preprocessor, self.task, self.keep_raw = code, preprocessor, task, keep_raw
         self.index = {c: i for i, c in enumerate(classes)}
@@ -586,19 +665,32 @@ class _FinishSplit:
     def __call__(self, frame: pd.DataFrame) -> pa.Table:
         from ray.data.extensions import ArrowTensorArray
 
-        rows = frame[frame[_SPLIT].to_numpy() == self.code]
+        split = frame[_SPLIT].to_numpy()
+        rows = frame[split >= 0] if self.code is None else frame[split == self.code]
         features = self.preprocessor.transform(rows)
         if not len(rows):
             features = np.zeros((0, self.preprocessor.width), dtype=np.float32)
         out = {"features": ArrowTensorArray.from_numpy(features),
                "label": pa.array(rows[_LABEL].astype("float64").to_numpy(), type=pa.float64())
                if self.task == "regression" else
-               pa.array([self.index[_plain(v)] for v in rows[_LABEL]], type=pa.int64())}
+               pa.array(rows[_LABEL].map(lambda v: self.index[_plain(v)]).to_numpy(dtype=np.int64),
+                        type=pa.int64())}
         if self.keep_raw:  # as a client sends them: numbers, text, true/false; null where missing
-            types = {"numeric": pa.float64(), "categorical": pa.string(), "boolean": pa.bool_()}
+            codes = rows[_SPLIT].to_numpy()
+            not_test = codes != _SPLIT_CODE["test"]  # streaming writes raw values for test rows only
             for column in self.preprocessor.columns:
-                values = [None if pd.isna(v) else v for v in rows[column.name]]
-                if column.kind == "boolean":
-                    values = [None if v is None else bool(v) for v in values]
-                out[RAW_PREFIX + column.name] = pa.array(values, type=types[column.kind])
+                values = rows[column.name]
+                if column.kind == "categorical":
+                    text = values.to_numpy(dtype=object).copy()
+                    text[not_test] = None
+                    raw = pa.array(text, type=pa.string(), from_pandas=True)
+                else:  # typed float64 with NaN where missing; booleans as 1.0 / 0.0
+                    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+                    missing = np.isnan(numbers) | not_test
+                    raw = (pa.array(numbers != 0, mask=missing, type=pa.bool_()) if column.kind == "boolean"
+                           else pa.array(numbers, mask=missing, type=pa.float64()))
+                out[RAW_PREFIX + column.name] = raw
+        if self.code is None:
+            names = np.asarray(SPLITS, dtype=object)[rows[_SPLIT].to_numpy()]
+            out["split"] = pa.array(names, type=pa.string())
         return pa.table(out)

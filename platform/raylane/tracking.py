@@ -411,11 +411,10 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     import mlflow
     from mlflow.models import infer_signature
 
-    from raylane.data import raw_rows
+    from raylane.data import iter_raw_rows, raw_rows
     from raylane.mlflow_model import RaylaneClassifier, package_dir, write_preprocess
 
-    raw, labels = raw_rows(data.test)
-    example = raw.head(5)
+    example, _ = raw_rows(data.test, limit=5)
     with tempfile.TemporaryDirectory() as tmp:
         preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.preprocessor,
                                       data.classes, framework, data.task, data.target)
@@ -436,13 +435,19 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
             pip_requirements=_pip_requirements(framework),
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
-    predictions = loaded.predict(raw)
+    total, rows = 0.0, 0
+    for raw, labels in iter_raw_rows(data.test):  # in batches: a streamed test split may be large
+        predictions = loaded.predict(raw)
+        if data.task == "regression":
+            total += float(np.abs(np.asarray(predictions, dtype=np.float64) - labels).sum())
+        else:
+            total += float((predictions == np.asarray(data.classes)[labels]).sum())
+        rows += len(labels)
+    test_score = total / max(rows, 1)
     if data.task == "regression":
         test_metric, val_metric = "test_mae", "val_mae"
-        test_score = float(np.mean(np.abs(np.asarray(predictions, dtype=np.float64) - labels)))
     else:
         test_metric, val_metric = TEST_METRIC, "val_accuracy"
-        test_score = float(np.mean(predictions == np.asarray(data.classes)[labels]))
     mlflow.log_metrics({test_metric: test_score, f"best_{val_metric}": val_score})
     return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_score, val_score, params,
                        test_metric, val_metric)

@@ -216,3 +216,41 @@ def test_labels_typed_differently_by_each_csv_file_are_the_same_classes(ray_loca
     prepared = data.prepare(DataConfig(source=str(tmp_path / "*.csv"), label_column="y", on_bad_rows="drop"),
                             str(tmp_path / "s"))
     assert prepared.classes == [0, 1] and prepared.bad_rows == 1
+
+
+def _sorted_split(dataset) -> tuple[np.ndarray, np.ndarray]:
+    x, y = data.to_numpy(dataset)
+    order = np.lexsort(x.T[::-1])
+    return x[order], y[order]
+
+
+def test_streaming_writes_the_same_splits_as_parquet_and_reads_them_lazily(ray_local, tmp_path) -> None:
+    """data.streaming=true: nothing held whole; the encoded splits are Parquet under the run's
+    storage, read back lazily, with the same rows, features and labels as the in-memory path, and
+    raw values for the test split only. A second attempt of the run loads them instead."""
+    frame = customers(400)
+    frame.iloc[:200].to_parquet(tmp_path / "a.parquet")
+    frame.iloc[200:].to_parquet(tmp_path / "b.parquet")
+    source = tmp_path / "*.parquet"
+    in_memory = data.prepare(typed_config(source), str(tmp_path / "m"))
+    directory = str(tmp_path / "run" / "data")
+    streamed, loaded = data.prepare_once(typed_config(source, streaming=True), str(tmp_path / "s"), directory)
+    assert not loaded and streamed.location == directory
+    assert streamed.num_rows == in_memory.num_rows and streamed.digest == in_memory.digest
+    for name in data.SPLITS:
+        assert (Path(directory) / f"split={name}").is_dir()
+        dataset = getattr(streamed, name)
+        assert "materialized" not in type(dataset).__name__.lower()  # a lazy read of the Parquet
+        assert dataset.count() == in_memory.num_rows[name]
+        x1, y1 = _sorted_split(getattr(in_memory, name))
+        x2, y2 = _sorted_split(dataset)
+        assert np.allclose(x1, x2, atol=1e-6) and (y1 == y2).all()
+    assert set(streamed.train.columns()) == {"features", "label"}
+    raw, _ = data.raw_rows(streamed.test)
+    expected, _ = data.raw_rows(in_memory.test)
+    assert list(raw.columns) == streamed.feature_columns
+    assert len(raw) == len(expected) and raw["city"].notna().sum() == expected["city"].notna().sum()
+
+    again, loaded = data.prepare_once(typed_config(source, streaming=True), str(tmp_path / "s"), directory)
+    assert loaded and again.location == directory and again.num_rows == streamed.num_rows
+    assert again.train.count() == streamed.num_rows["train"]
