@@ -133,6 +133,8 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     try:
         if not streaming:
             rows = rows.materialize()
+        else:
+            progress.say(f"  pass 1 of 2 over {len(files)} files: split sizes, bad rows, train statistics")
         summary = _summarize(rows, kinds, cfg.task)
     except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
         raise _data_error_in(err, files) from err
@@ -197,6 +199,7 @@ def _write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes
     fs, root = storage.split(directory)
     if fs.get_file_info(root).type != pafs.FileType.NotFound:
         fs.delete_dir(root)  # a partial write by an interrupted attempt
+    progress.say(f"  pass 2 of 2: encoding every row, writing the splits to {directory}")
     encoder = _FinishSplit(None, preprocessor, classes, task, keep_raw=True)
     rows.map_batches(encoder, batch_format="pandas").write_parquet(root, filesystem=fs,
                                                                    partition_cols=["split"])
