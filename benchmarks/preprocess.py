@@ -10,9 +10,10 @@ page shared by several processes, such as Ray's object store, counts once), samp
 
     pandas   what a pandas user writes: read every file, fill missing values with the column
              mean, standardize, write Parquet
-    raylane  `data.prepare` (typed read with bad-row checks, hash split, imputation and scaling
-             fitted on train, encoding) and `data.save_prepared` (the three splits as Parquet),
-             on a local Ray, as the pipeline runs it
+    raylane  `data.prepare_once` as the pipeline runs it, on a local Ray: typed read with
+             bad-row checks, hash split, imputation and scaling fitted on train, encoding, the
+             three splits written as Parquet (held in the object store on the way, or streamed
+             when the data is large for it: `data.streaming=auto`)
 
 raylane does more than the pandas script (the split, the bad-row checks, statistics on train only),
 which is the work the pipeline needs; the ratio is what a user pays for it.
@@ -77,8 +78,8 @@ from raylane.config import DataConfig
 source, out, cpus = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="error")
 start = time.perf_counter()
-prepared = data.prepare(DataConfig(source=source, label_column="label"), out + "/storage")
-data.save_prepared(prepared, out + "/prepared")
+prepared, _ = data.prepare_once(DataConfig(source=source, label_column="label"), out + "/storage",
+                                out + "/prepared")
 print("WALL", time.perf_counter() - start, "ROWS", sum(prepared.num_rows.values()))
 ray.shutdown()
 """
