@@ -60,7 +60,7 @@ class DataConfig(_Section):
     of the files, epochs from memory). true: nothing is held whole: the files are read twice
     (statistics, then encoding), the encoded splits are written as Parquet under the run's
     storage, and training streams them every epoch. auto: streaming when the rows' estimated
-    size in memory exceeds a quarter of the object store."""
+    size in memory exceeds 40% of the object store."""
 
     @model_validator(mode="after")
     def _columns_consistent(self) -> DataConfig:

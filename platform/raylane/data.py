@@ -13,7 +13,7 @@ between splits. Imputation, scaling and one-hot statistics are fitted on train o
 the model (`Preprocessor`), so the endpoint takes the raw columns by name.
 
 What is materialized, and why (`data.streaming`):
-- in memory (the default when the rows' estimated size is at most a quarter of the object store):
+- in memory (the default when the rows' estimated size is at most 40% of the object store):
   the typed rows once, so the split statistics and the three splits are computed without reading
   the files again, then the three encoded splits, which the Train workers read every epoch without
   competing with Ray Data for CPU slots.
@@ -173,7 +173,7 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
 # The rows' size in the object store against their size in the files: typed float64 values and
 # Python objects from compressed float32 Parquet, or from CSV text.
 _MEMORY_PER_FILE_BYTE = {"parquet": 3.0, "csv": 1.5}
-_STREAMING_SHARE = 0.25  # of the object store, above which data.streaming=auto streams
+_STREAMING_SHARE = 0.4  # of the object store, above which data.streaming=auto streams
 
 
 def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str) -> bool:
