@@ -78,8 +78,9 @@ from raylane.config import DataConfig
 source, out, cpus = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="error")
 start = time.perf_counter()
-prepared, _ = data.prepare_once(DataConfig(source=source, label_column="label"), out + "/storage",
-                                out + "/prepared")
+streaming = {"auto": "auto", "true": True, "false": False}[sys.argv[4]]
+prepared, _ = data.prepare_once(DataConfig(source=source, label_column="label", streaming=streaming),
+                                out + "/storage", out + "/prepared")
 print("WALL", time.perf_counter() - start, "ROWS", sum(prepared.num_rows.values()))
 ray.shutdown()
 """
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=32)
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of raylane's local Ray")
+    parser.add_argument("--streaming", choices=("auto", "true", "false"), default="auto",
+                        help="raylane's data.streaming")
     parser.add_argument("--workdir", default="bench_data")
     args = parser.parse_args(argv)
 
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         pandas = measure(PANDAS, str(source), str(Path(tmp) / "pandas.parquet"))
         print(f"[bench] pandas   {pandas['wall_s']:.1f} s, peak {pandas['peak_gb']:.2f} GB", flush=True)
-        raylane = measure(RAYLANE, str(source), str(Path(tmp) / "raylane"), str(args.cpus))
+        raylane = measure(RAYLANE, str(source), str(Path(tmp) / "raylane"), str(args.cpus), args.streaming)
         print(f"[bench] raylane  {raylane['wall_s']:.1f} s, peak {raylane['peak_gb']:.2f} GB", flush=True)
     result = {"rows": args.rows, "cols": args.cols, "pandas": pandas, "raylane": raylane,
               "time_ratio": raylane["wall_s"] / pandas["wall_s"],

@@ -17,8 +17,8 @@ def connect(cfg: PipelineConfig) -> bool:
         return bool(address)
     # Ray Train's controller polls its workers every 2 s by default: a fit notices that its
     # workers started, and that they finished, up to a poll later. At 0.25 s a one-worker fit's
-    # fixed cost went from 13-14 s to 7.5-8 s here (benchmarks/ingest.py). The driver's value
-    # travels to the controller, on a local Ray or a cluster.
+    # fixed cost went from 13-14 s to 7.5-8 s here (benchmarks/ingest.py). Set here for fits the
+    # driver starts; a Tune trial sets it in its own process (raylane.tune.run_trial).
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     if address:
         if cfg.serve.proxy == "haproxy" and os.environ.get(HAPROXY_ENV) != "1":

@@ -20,8 +20,8 @@ What is materialized, and why (`data.streaming`):
 - streaming (larger data): nothing is held whole. A first streaming pass over the files computes
   the split sizes, bad rows and train statistics; a second encodes every row and writes the three
   splits as Parquet under the run's storage (`split=train|val|test`); the datasets read them
-  lazily, so each epoch streams from storage. A worker whose shard fits in its memory still keeps
-  it after the first epoch's read (`train.ingest`).
+  lazily, so each epoch streams from storage, unless a worker reads its whole shard into its own
+  memory once (`train.ingest`: when it fits there).
 """
 
 from __future__ import annotations
@@ -154,7 +154,10 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     location = None
     if streaming:
         location = directory or storage.join(storage_path, "prepared", summary["digest"])
-        splits = _write_splits(rows, location, preprocessor, classes, cfg.task)
+        try:
+            splits = _write_splits(rows, location, preprocessor, classes, cfg.task)
+        except Exception as err:  # the files are read again: one may have changed since
+            raise _data_error_in(err, files) from err
     else:
         splits = {
             name: rows.map_batches(_FinishSplit(code, preprocessor, classes, cfg.task,
@@ -173,6 +176,7 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
 # The rows' size in the object store against their size in the files: typed float64 values and
 # Python objects from compressed float32 Parquet, or from CSV text.
 _MEMORY_PER_FILE_BYTE = {"parquet": 3.0, "csv": 1.5}
+_GZIP_RATIO = 6.0  # text compresses about this much
 _STREAMING_SHARE = 0.4  # of the object store, above which data.streaming=auto streams
 
 
@@ -184,7 +188,8 @@ def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str)
         progress.say(f"  data.streaming={str(cfg.streaming).lower()}")
         return bool(cfg.streaming)
     infos = fs.get_file_info([f.split("://", 1)[-1] for f in files])
-    estimate = sum(max(info.size or 0, 0) for info in infos) * _MEMORY_PER_FILE_BYTE[fmt]
+    estimate = sum(max(info.size or 0, 0) * (_GZIP_RATIO if info.path.endswith(".gz") else 1.0)
+                   for info in infos) * _MEMORY_PER_FILE_BYTE[fmt]
     store = ray.cluster_resources().get("object_store_memory", 0)
     streaming = bool(store) and estimate > _STREAMING_SHARE * store
     progress.say(f"  data.streaming=auto: {'streaming' if streaming else 'in memory'} (rows about "
@@ -242,6 +247,9 @@ def save_prepared(data: PreparedData, directory: str) -> None:
     Streamed data already written there keeps its splits."""
     fs, root = storage.split(directory)
     written_here = data.location is not None and data.location == directory
+    if data.location and not written_here and data.location.startswith(directory.rstrip("/") + "/"):
+        raise DataError(f"save_prepared: {directory!r} holds the streamed splits it would copy "
+                        f"({data.location!r}); save them elsewhere")
     if not written_here:
         if fs.get_file_info(root).type != pafs.FileType.NotFound:
             fs.delete_dir(root)  # a partial write by an interrupted attempt

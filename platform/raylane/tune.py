@@ -6,12 +6,14 @@ TorchTrainer whose `TuneReportCallback` forwards every epoch's report (and check
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
 
 from raylane import storage
+from raylane.cluster import TRAIN_POLL_ENV, TRAIN_POLL_S
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
 from raylane.errors import TrainingError
@@ -59,6 +61,9 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # The trial's own process starts the Train controller, which takes Train's settings from this
+    # process's environment: on a cluster it is not the driver's (see raylane.cluster.connect).
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,

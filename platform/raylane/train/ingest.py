@@ -8,9 +8,9 @@ writes by hand when the data is already in memory.
 
     `train.ingest: memory`  always read the shard once (fails like PyTorch if it does not fit)
     `train.ingest: stream`  Ray Data every epoch, any size
-    `train.ingest: auto`    memory when the shard is at most `train.ingest_memory_fraction` of
-                            the free memory (GPU memory on a GPU worker), shared by the workers
-                            of a node; stream otherwise
+    `train.ingest: auto`    memory when the shard fits in `train.ingest_memory_fraction` of the
+                            free host memory, shared by the workers of a node (and on a GPU
+                            worker also of its GPU's free memory), on every rank; else stream
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (features, labels)
 
 def choose(config: dict[str, Any], device: torch.device, local_workers: int, world_size: int,
            row_bytes: int) -> tuple[str, str]:
-    """Returns ("memory" | "stream", why) for this worker."""
+    """Returns ("memory" | "stream", why) for this worker. Under `auto` every rank must then agree
+    (`agree`): DDP's collectives and Ray Data's split need all ranks on the same path."""
     mode = config.get("ingest", "auto")
     if mode != "auto":
         return mode, f"train.ingest={mode}"
@@ -35,16 +36,34 @@ def choose(config: dict[str, Any], device: torch.device, local_workers: int, wor
     need = rows * row_bytes
     if not rows:
         return "stream", "train.ingest=auto: the shard's size is unknown"
-    free = _free_memory(device)
-    budget = free * config.get("ingest_memory_fraction", 0.25) / max(local_workers, 1)
-    mode = "memory" if need <= budget else "stream"
-    return mode, (f"train.ingest=auto: the shard takes {need / 2**20:.0f} MiB, the budget is "
-                  f"{budget / 2**20:.0f} MiB of {free / 2**30:.1f} GiB free on {device}")
+    fraction = config.get("ingest_memory_fraction", 0.25)
+    # Host memory, shared by the node's workers: reading holds the blocks and their concatenation
+    # (and on a GPU worker the pinned copy) at once.
+    host_free = _host_free()
+    host_budget = host_free * fraction / max(local_workers, 1)
+    host_need = need * (3 if device.type == "cuda" else 2)
+    why = (f"train.ingest=auto: the shard takes {need / 2**20:,.0f} MiB; host budget "
+           f"{host_budget / 2**20:,.0f} MiB of {host_free / 2**30:.1f} GiB free")
+    fits = host_need <= host_budget
+    if device.type == "cuda":  # each GPU worker has its own device
+        gpu_free = torch.cuda.mem_get_info(device)[0]
+        fits = fits and need <= gpu_free * fraction
+        why += f", GPU budget {gpu_free * fraction / 2**20:,.0f} MiB of {gpu_free / 2**30:.1f} GiB free"
+    return ("memory" if fits else "stream"), why
 
 
-def _free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def agree(mode: str, world_size: int, device: torch.device) -> str:
+    """"memory" only when every rank chose it (one all-reduce); each rank measures its own memory."""
+    if world_size < 2:
+        return mode
+    import torch.distributed as dist
+
+    fits = torch.tensor([1 if mode == "memory" else 0], device=device)
+    dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+    return "memory" if int(fits.item()) else "stream"
+
+
+def _host_free() -> int:
     import psutil
 
     return psutil.virtual_memory().available

@@ -59,6 +59,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     mode, why = ingest.choose(config, device, context.get_local_world_size(), world_size,
                               row_bytes=4 * spec.input_dim + 8)
+    if config.get("ingest", "auto") == "auto":
+        agreed = ingest.agree(mode, world_size, device)
+        why += "" if agreed == mode else "; stream, as another rank's shard does not fit"
+        mode = agreed
     if mode == "memory":  # read once, then shuffle and slice on the device every epoch
         train_shard = ingest.InMemoryShard.read(train_shard, device)
         ingest.equal_rows(train_shard, world_size)
