@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve bench-preprocess chaos mlflow-ui clean venv
+.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve bench-preprocess bench-ingest bench-tune chaos mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,12 @@ chaos: venv  ## the demo pipeline while a Train worker and a Serve replica are k
 
 bench-preprocess: venv  ## raylane's data stage vs pandas: wall time and peak memory (ARGS="--rows 1000000")
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.preprocess $(ARGS)
+
+bench-ingest: venv  ## a raylane PyTorch worker vs a plain PyTorch loop: samples/s and a fit's fixed cost
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.ingest $(ARGS)
+
+bench-tune: venv  ## ASHA vs full-budget random search; Tune's per-trial overhead vs stock
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.tune $(ARGS)
 
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
