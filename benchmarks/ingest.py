@@ -34,29 +34,20 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.files import write_once
+
 
 def make_files(directory: Path, rows: int, cols: int, files: int = 8) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """10 classes around random centres, noisy enough that the MLP needs several epochs."""
+    centers: list[np.ndarray] = []
 
-    marker = directory / f"_{rows}x{cols}x{files}"
-    if marker.exists():
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("*.parquet"):
-        old.unlink()
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(10, cols)).astype(np.float32)
-    per_file = -(-rows // files)
-    for i in range(files):
-        n = min(per_file, rows - i * per_file)
+    def block(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if not centers:  # drawn first from the same generator, as the measured runs drew them
+            centers.append(rng.normal(size=(10, cols)).astype(np.float32))
         label = rng.integers(0, 10, size=n)
-        x = centers[label] + rng.normal(scale=2.0, size=(n, cols)).astype(np.float32)
-        table = {f"f{j}": pa.array(x[:, j]) for j in range(cols)}
-        table["label"] = pa.array(label.astype(np.int64))
-        pq.write_table(pa.table(table), directory / f"part-{i:03d}.parquet")
-    marker.touch()
-    print(f"[bench] wrote {rows:,} rows x {cols} columns to {directory}", flush=True)
+        return centers[0][label] + rng.normal(scale=2.0, size=(n, cols)).astype(np.float32), label
+
+    write_once(directory, rows, cols, files, block)
 
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: int) -> list[float]:

@@ -32,28 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.files import write_once
+
 
 def make_files(directory: Path, rows: int, cols: int, files: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Standard-normal features, 5% missing; the label is the sign of the first."""
 
-    marker = directory / f"_{rows}x{cols}x{files}"
-    if marker.exists():
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("*.parquet"):
-        old.unlink()
-    rng = np.random.default_rng(0)
-    per_file = -(-rows // files)
-    for i in range(files):
-        n = min(per_file, rows - i * per_file)
+    def block(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         x = rng.normal(size=(n, cols)).astype(np.float32)
         x[rng.random(size=x.shape) < 0.05] = np.nan
-        table = {f"f{j}": pa.array(x[:, j], from_pandas=True) for j in range(cols)}
-        table["label"] = pa.array((np.nan_to_num(x[:, 0]) > 0).astype(np.int64))
-        pq.write_table(pa.table(table), directory / f"part-{i:03d}.parquet")
-    marker.touch()
-    print(f"[bench] wrote {rows:,} rows x {cols} columns in {files} files to {directory}", flush=True)
+        return x, (np.nan_to_num(x[:, 0]) > 0).astype(np.int64)
+
+    write_once(directory, rows, cols, files, block)
 
 
 PANDAS = """

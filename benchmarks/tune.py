@@ -53,11 +53,10 @@ def search(source: str, storage: str, scheduler: str, samples: int, epochs: int)
         frame = result.metrics_dataframe
         epochs_run += len(frame)
         seconds += float(frame["epoch_wall_s"].sum())
-    val_rows = prepared.num_rows["val"]
     print(f"[bench] {scheduler:<5} {len(best.results)} trials, {epochs_run} epochs, {seconds:.1f} worker-s "
           f"in epochs, {wall:.0f} s wall; best val_accuracy {best.metrics['val_accuracy']:.4f}", flush=True)
     return {"trials": len(best.results), "epochs": epochs_run, "epoch_seconds": seconds, "wall_s": wall,
-            "best_val_accuracy": float(best.metrics["val_accuracy"]), "val_rows": val_rows}
+            "best_val_accuracy": float(best.metrics["val_accuracy"])}
 
 
 TRIVIAL = """

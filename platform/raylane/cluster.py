@@ -35,8 +35,7 @@ def connect(cfg: PipelineConfig) -> bool:
     # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
     # through the State API it serves; without it they linger and later trials wait forever.
     ray.init(address="local", num_cpus=local_cpus(cfg), object_store_memory=cfg.cluster.object_store_memory,
-             include_dashboard=True,
-             dashboard_host="127.0.0.1", logging_level="warning")
+             include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning")
     return False
 
 
