@@ -12,12 +12,11 @@
    as good (its best validation accuracy within half a point of random search's best).
 
 2. Per-trial overhead of the Tune layer: `--trivial` trials that report once and do nothing else,
-   two at a time on two CPUs, with stock Tune's defaults and with raylane's trial settings
-   (`raylane.tune`: a near-zero CPU reservation for the trial's driver). Each trial is a new actor
-   process either way: Tune 2.60 reuses a function trial's actor only when the previous trial's
-   thread has ended, and a trial stopped by ASHA is still inside its Ray Train fit, so reusing
-   actors (`reuse_actors=True`, 0.1-0.2 s per trivial trial here) errors the next trial instead.
-   A raylane trial also pays its Ray Train fit's own fixed cost, measured by benchmarks/ingest.py.
+   two at a time on two CPUs, with stock Tune's defaults (a new actor process per trial) and with
+   raylane's trial settings (`raylane.tune`: a near-zero CPU reservation for the trial's driver,
+   and each trial's process handed on to the next trial; a trial ASHA stops ends its Ray Train
+   fit at once so that its process is free). A raylane trial also pays its Ray Train fit's own
+   fixed cost, measured by benchmarks/ingest.py.
 """
 
 from __future__ import annotations
@@ -68,12 +67,14 @@ n, settings = int(sys.argv[1]), sys.argv[2]
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="error")
 def trivial(config):
     tune.report({"score": config["x"]})
-trainable = trivial
+trainable, reuse = trivial, False
 if settings == "raylane":
     trainable = tune.with_resources(trivial, {"cpu": raylane_tune.TRIAL_DRIVER_CPUS})
+    reuse = raylane_tune.REUSE_TRIAL_PROCESSES
 start = time.perf_counter()
 tune.Tuner(trainable, param_space={"x": tune.uniform(0, 1)},
-           tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=2, metric="score", mode="max"),
+           tune_config=tune.TuneConfig(num_samples=n, max_concurrent_trials=2, metric="score", mode="max",
+                                       reuse_actors=reuse),
            run_config=tune.RunConfig(storage_path=sys.argv[3], verbose=0)).fit()
 print("WALL", time.perf_counter() - start)
 """

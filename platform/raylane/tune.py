@@ -6,11 +6,16 @@ TorchTrainer whose `TuneReportCallback` forwards every epoch's report (and check
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
+from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from raylane import storage
 from raylane.cluster import TRAIN_POLL_ENV, TRAIN_POLL_S
@@ -23,6 +28,9 @@ from raylane.train.trainer import build_trainer
 # A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
 # that the trainer's workers or Ray Data need (2-core machines deadlock otherwise).
 TRIAL_DRIVER_CPUS = 0.01
+# A finished or stopped trial's process runs the next trial: Tune starts no new process per trial
+# (`run_trial` ends a stopped trial's fit at once, which Tune needs to hand the process on).
+REUSE_TRIAL_PROCESSES = True
 
 
 @dataclass(frozen=True)
@@ -57,24 +65,96 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations.
 
     The trainer's run is named after the trial, so a trial started again (a resumed pipeline)
-    finds its run's checkpoints and continues from the latest."""
+    finds its run's checkpoints and continues from the latest. A trial Tune stops (ASHA) ends its
+    fit at once, so Tune can hand this process to the next trial (`reuse_actors`)."""
     from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # The trial's own process starts the Train controller, which takes Train's settings from this
     # process's environment: on a cluster it is not the driver's (see raylane.cluster.connect).
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    # How long Tune waits for a stopped trial's thread before it gives this process to the next
+    # trial (its default is 2 s); killing the fit's controller takes well under that.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
     trial_id = tune.get_context().get_trial_id()
+    session = get_session()
+    controller = _ControllerHandle(f"raylane:controller:{trial_id}:{uuid.uuid4().hex}")
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
-        callbacks=[TuneReportCallback()],
+        callbacks=[TuneReportCallback(), controller],
     )
-    reported_before = get_session().iteration
-    result = trainer.fit()
-    if get_session().iteration == reported_before and result.checkpoint is not None:
+    reported_before = session.iteration
+    with _stopped_with(session.stop_event, controller):
+        try:
+            result = trainer.fit()
+        except Exception:
+            if session.stop_event.is_set():
+                return  # stopped by Tune: the fit was killed on purpose, nothing is lost
+            raise
+    if session.iteration == reported_before and result.checkpoint is not None:
         # Resumed after its last epoch (killed between the final checkpoint and the end of the
         # trial): the loop had nothing left to report, but Tune still needs the trial's result.
         tune.report({**result.metrics, "checkpoint_path": result.checkpoint.path})
+
+
+# Seconds Tune waits for a stopped trial's thread to end before it gives up reusing the process.
+REUSE_WAIT_S = 20
+
+
+class _ControllerHandle(ControllerCallback):
+    """Publishes the Train controller's actor handle under `key` in Ray's key-value store, from the
+    controller's own process, so that the trial that started the fit can kill it."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        import ray
+        from ray.experimental import internal_kv
+
+        handle = ray.get_runtime_context().current_actor
+        internal_kv._internal_kv_put(self.key, ray.cloudpickle.dumps(handle), overwrite=True)
+
+    def kill(self) -> None:
+        """Kills the controller (its workers die with it, Train frees their placement group)."""
+        import ray
+        from ray.experimental import internal_kv
+
+        published = internal_kv._internal_kv_get(self.key)
+        if published is not None:
+            ray.kill(ray.cloudpickle.loads(published), no_restart=True)
+
+    def forget(self) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(self.key)
+
+
+@contextlib.contextmanager
+def _stopped_with(stop: threading.Event, controller: _ControllerHandle) -> Iterator[None]:
+    """While the block runs, kills the fit's controller once Tune sets the trial's `stop` event.
+
+    A trial actor Tune reuses is not killed when ASHA stops its trial: without this, the fit would
+    train on, and Tune would find the thread still busy when it hands the process on."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                # The controller may not have published itself yet (the fit is starting): retry.
+                while not done.is_set():
+                    controller.kill()
+                    done.wait(0.5)
+                return
+
+    watcher = threading.Thread(target=watch, name="raylane-trial-stop", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        controller.forget()
 
 
 def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path: str,
@@ -112,6 +192,7 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
         tune_config=tune.TuneConfig(
             metric=tc.metric, mode=tc.mode, search_alg=_search_alg(cfg), scheduler=scheduler,
             num_samples=tc.num_samples, max_concurrent_trials=tc.max_concurrent_trials,
+            reuse_actors=REUSE_TRIAL_PROCESSES,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=storage.join(storage_path, run_name),

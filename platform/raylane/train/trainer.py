@@ -74,7 +74,9 @@ def build_trainer(
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         datasets={"train": data.train, "val": data.val},
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # val is evaluated whole
+        # Train is split across the workers, val is evaluated whole. A single worker reads train
+        # whole too: splitting it would start a coordinator actor (a process) for nothing.
+        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.train.num_workers > 1 else []),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

@@ -1,0 +1,46 @@
+"""The search on real Ray Tune: ASHA stops weak trials, and a stopped trial's process runs the next."""
+
+from __future__ import annotations
+
+import pytest
+from ray.util.state import list_actors
+from raylane import data
+from raylane import tune as raylane_tune
+from raylane.config import load_config
+
+# One good and three hopeless learning rates. The seed (train.seed 0) draws 0.02, then 1e-6
+# twice, one trial at a time: the hopeless trials are below the first rung's cutoff (the 67th
+# percentile, reduction factor 3), and ASHA stops them after one epoch.
+SEARCH = ["tune.scheduler=asha", "tune.search_alg=random", "tune.num_samples=3",
+          "tune.max_concurrent_trials=1", "tune.grace_period=1", "tune.reduction_factor=3",
+          "tune.search_space={lr: {choice: [0.000002, 0.000003, 0.000001, 0.02]}}",
+          "train.epochs=3", "train.num_workers=1", "train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_local, tmp_path_factory):
+    return data.prepare(load_config(None, []).data, str(tmp_path_factory.mktemp("storage")))
+
+
+def trial_processes() -> set[str]:
+    return {a.actor_id for a in list_actors(filters=[("class_name", "=", "ImplicitFunc")], limit=10_000)}
+
+
+def train_actors_alive() -> list[str]:
+    return [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+            if a.class_name in ("TrainController", "RayTrainWorker")]
+
+
+def test_asha_stops_weak_trials_and_hands_their_process_on(prepared, tmp_path) -> None:
+    before = trial_processes()
+    best = raylane_tune.search(load_config(None, SEARCH), prepared, "asha", str(tmp_path))
+
+    epochs = {r.metrics["trial_id"]: len(r.metrics_dataframe) for r in best.results}
+    print("epochs per trial:", epochs, "lr:", [r.config["lr"] for r in best.results])
+    assert not [r.error for r in best.results if r.error], "a trial errored"
+    assert sorted(epochs.values()) == [1, 1, 3], "ASHA did not stop the hopeless trials after one epoch"
+    assert best.hyperparams["lr"] == 0.02 and best.metrics["val_accuracy"] > 0.8
+    # Tune reused the trial processes: a stopped trial's fit was ended at once, so its process
+    # was free for the next trial (a new process per trial otherwise).
+    assert len(trial_processes() - before) < 3
+    assert train_actors_alive() == [], "a stopped trial's Train controller or workers live on"
