@@ -45,7 +45,7 @@ from raylane.config import SKLEARN_SOURCES, DataConfig
 from raylane.errors import DataError, StorageError
 from raylane.preprocess import (
     Preprocessor,
-    class_value,
+    class_values,
     coerce,
     column_stats,
     describe_bad,
@@ -545,12 +545,14 @@ class _ReadFile:
         if self.task == "regression":
             out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
         else:
-            out[_LABEL] = np.array([None if pd.isna(v) else class_value(v) for v in label], dtype=object)
+            out[_LABEL] = class_values(label)
         if self.id_column:  # as text, the same whatever the file's type for it: 12, 12.0, '12'
             out[self.id_column] = np.array([text_or_none(v) for v in frame[self.id_column]], dtype=object)
         out[_ERROR] = errors
         if broken:  # rows the CSV parser could not split into the header's fields: all missing
             for name, values in out.items():
+                if values.dtype.kind in "iub":  # whole-number labels: None needs objects
+                    values = values.astype(object)
                 fill = np.full(len(broken), np.nan if values.dtype == np.float64 else None,
                                dtype=values.dtype)
                 out[name] = np.concatenate([values, fill])
@@ -623,7 +625,7 @@ class _BlockSummary:
             "bad_sample": frame[_ERROR][~good].head(BAD_SAMPLE_SIZE).tolist(),
             "stats": column_stats(frame[split == 0], self.kinds),
             "labels": [] if self.task == "regression" else
-            sorted({_plain(v) for v in labels}, key=lambda v: (str(type(v)), v)),
+            sorted({_plain(v) for v in pd.unique(labels)}, key=lambda v: (str(type(v)), v)),
             "target": column_stats(pd.DataFrame({"y": frame[_LABEL][split == 0].astype("float64")}),
                                    {"y": "numeric"})["y"] if self.task == "regression" else {},
             "hash": int(mixed.sum(dtype=np.uint64)),
@@ -673,19 +675,20 @@ class _FinishSplit:
         self.code, self.preprocessor, self.task, self.keep_raw = code, preprocessor, task, keep_raw
         self.index = {c: i for i, c in enumerate(classes)}
 
+    def _class_indices(self, labels: pd.Series) -> np.ndarray:
+        codes, uniques = pd.factorize(labels)  # each distinct label looked up once
+        lookup = np.array([self.index[_plain(v)] for v in uniques], dtype=np.int64)
+        return lookup[codes] if len(lookup) else np.zeros(0, dtype=np.int64)
+
     def __call__(self, frame: pd.DataFrame) -> pa.Table:
         from ray.data.extensions import ArrowTensorArray
 
         split = frame[_SPLIT].to_numpy()
         rows = frame[split >= 0] if self.code is None else frame[split == self.code]
-        features = self.preprocessor.transform(rows)
-        if not len(rows):
-            features = np.zeros((0, self.preprocessor.width), dtype=np.float32)
+        features = self.preprocessor.transform_typed(rows)  # _ReadFile coerced every value
         out = {"features": ArrowTensorArray.from_numpy(features),
                "label": pa.array(rows[_LABEL].astype("float64").to_numpy(), type=pa.float64())
-               if self.task == "regression" else
-               pa.array(rows[_LABEL].map(lambda v: self.index[_plain(v)]).to_numpy(dtype=np.int64),
-                        type=pa.int64())}
+               if self.task == "regression" else pa.array(self._class_indices(rows[_LABEL]), type=pa.int64())}
         if self.keep_raw:  # as a client sends them: numbers, text, true/false; null where missing
             codes = rows[_SPLIT].to_numpy()
             not_test = codes != _SPLIT_CODE["test"]  # streaming writes raw values for test rows only

@@ -52,6 +52,19 @@ def coerce(values: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
     raise ValueError(f"unknown column kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+def class_values(labels: pd.Series) -> np.ndarray:
+    """`class_value` of every label, None where missing: int64 when every label is a whole number
+    (no Python object per row), else objects. Each distinct value is converted once."""
+    codes, uniques = pd.factorize(labels, use_na_sentinel=True)
+    values = [class_value(v) for v in uniques]
+    if not (codes < 0).any() and all(type(v) is int for v in values):
+        return np.asarray(values, dtype=np.int64)[codes] if values else np.zeros(0, dtype=np.int64)
+    table = np.empty(len(values) + 1, dtype=object)
+    table[:-1] = values
+    table[-1] = None  # code -1: missing
+    return table[codes]
+
+
 def text_or_none(value: Any) -> str | None:
     return None if _missing(value) else _text(value)
 
@@ -165,6 +178,30 @@ class Preprocessor:
         if not parts:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def transform_typed(self, frame: pd.DataFrame) -> np.ndarray:
+        """`transform` for rows already coerced (`coerce`: float64 with NaN for numeric and
+        boolean columns, text or None for categorical), as the data stage holds them: the numbers
+        are imputed and scaled as one matrix."""
+        if not self.columns:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        numbers = [c for c in self.columns if c.kind != "categorical"]
+        out = np.empty((len(frame), self.width), dtype=np.float32)
+        if numbers:
+            x = frame[[c.name for c in numbers]].to_numpy(dtype=np.float64, na_value=np.nan)
+            fill = np.array([c.fill for c in numbers])
+            scale = np.array([c.std if c.kind == "numeric" else 1.0 for c in numbers])
+            shift = np.array([c.mean if c.kind == "numeric" else 0.0 for c in numbers])
+            x = (np.where(np.isnan(x), fill, x) - shift) / scale
+        at, k = 0, 0
+        for c in self.columns:
+            if c.kind == "categorical":
+                out[:, at:at + c.width] = self._encode(c, frame[c.name])
+            else:
+                out[:, at] = x[:, k]
+                k += 1
+            at += c.width
+        return out
 
     def transform_numeric(self, rows: np.ndarray) -> np.ndarray:
         """The fast path of an all-numeric preprocessor: a float matrix in column order (NaN missing)."""

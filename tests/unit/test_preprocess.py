@@ -38,6 +38,26 @@ def test_labels_ids_and_categories_read_the_same_from_any_file_type() -> None:
         ["12", "12", "12", "12", "007", None, None]
 
 
+def test_class_values_convert_each_label_as_class_value_does() -> None:
+    from raylane.preprocess import class_value, class_values
+
+    whole = class_values(pd.Series([1.0, 0.0, 1.0, 2.0]))
+    assert whole.dtype == np.int64 and whole.tolist() == [1, 0, 1, 2]
+    assert class_values(pd.Series(["1", " 1.0 ", "2"])).tolist() == [1, 1, 2]
+    mixed = pd.Series(["yes", 2.5, None, "yes", 3])
+    assert class_values(mixed).tolist() == [class_value("yes"), 2.5, None, "yes", 3]
+    assert class_values(pd.Series([], dtype=object)).tolist() == []
+
+
+def test_the_typed_path_encodes_as_the_raw_path_does() -> None:
+    pre = fitted()
+    raw = pd.DataFrame({"age": [None, 40.0, "25"], "city": ["marseille", None, "lyon"],
+                        "member": [None, "false", True]})
+    typed = pd.DataFrame({c.name: coerce(raw[c.name], c.kind)[0] for c in pre.columns})
+    assert np.array_equal(pre.transform_typed(typed), pre.transform(raw))
+    assert pre.transform_typed(typed.iloc[:0]).shape == (0, 4)
+
+
 def test_fit_uses_train_statistics_and_keeps_the_most_frequent_categories() -> None:
     pre = fitted()
     age, city, member = pre.columns
