@@ -30,6 +30,7 @@ import fnmatch
 import hashlib
 import json
 import posixpath
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,8 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     for note in drift:
         progress.say(f"  schema drift: {note}")
     streaming = _streaming(cfg, fs, files, fmt)
+    if streaming:  # smaller blocks: what a task holds at once, as the rows pass through it
+        ray.data.DataContext.get_current().target_max_block_size = _STREAMING_BLOCK_BYTES
 
     reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task)
     split_fn = _SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
@@ -178,6 +181,7 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
 _MEMORY_PER_FILE_BYTE = {"parquet": 3.0, "csv": 1.5}
 _GZIP_RATIO = 6.0  # text compresses about this much
 _STREAMING_SHARE = 0.4  # of the object store, above which data.streaming=auto streams
+_STREAMING_BLOCK_BYTES = 32 << 20  # Ray Data's default is 128 MiB
 
 
 def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str) -> bool:
@@ -206,9 +210,35 @@ def _write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes
         fs.delete_dir(root)  # a partial write by an interrupted attempt
     progress.say(f"  pass 2 of 2: encoding every row, writing the splits to {directory}")
     encoder = _FinishSplit(None, preprocessor, classes, task, keep_raw=True)
-    rows.map_batches(encoder, batch_format="pandas").write_parquet(root, filesystem=fs,
-                                                                   partition_cols=["split"])
+    written = rows.map_batches(encoder, batch_format="pandas") \
+        .map_batches(_WriteSplits(fs, root), batch_format="pyarrow", batch_size=None)
+    progress.say(f"  wrote {written.sum('rows') or 0:,} rows")
     return {name: _read_split(directory, name, streaming=True) for name in SPLITS}
+
+
+class _WriteSplits:
+    """Writes each block's rows to `<root>/split=<name>/` as it comes, one Parquet file per split
+    (Ray Data's own write holds all of a task's blocks before writing: memory would grow with the
+    input files). Only the test split keeps the raw columns."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str) -> None:
+        self.fs, self.root = fs, root
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        name = uuid.uuid4().hex
+        for split in SPLITS:
+            part = table.filter(pc.equal(table["split"], split))
+            if not part.num_rows:
+                continue
+            keep = [c for c in part.column_names if c != "split"
+                    and (split == "test" or not c.startswith(RAW_PREFIX))]
+            directory = posixpath.join(self.root, f"split={split}")
+            self.fs.create_dir(directory, recursive=True)
+            pq.write_table(part.select(keep), posixpath.join(directory, f"{name}.parquet"),
+                           filesystem=self.fs)
+        return pa.table({"rows": [table.num_rows]})
 
 
 def _read_split(directory: str, name: str, streaming: bool, partitioned: bool = True) -> Any:
@@ -500,6 +530,10 @@ def _data_error_in(err: BaseException, files: list[str]) -> DataError:
 # -- row transforms (callable classes so Ray ships them to the tasks) -------------------------
 
 
+# Values of one chunk of a Parquet file, as typed float64 about 32 MiB.
+_CHUNK_VALUES = 1 << 22
+
+
 class _ReadFile:
     """Reads one file into typed rows: each feature coerced to its kind, the label kept, and
     `__error` set on a bad row ('file line N: column ...: what is wrong')."""
@@ -509,21 +543,29 @@ class _ReadFile:
         self.fs, self.fmt, self.kinds, self.label, self.id_column = fs, fmt, kinds, label, id_column
         self.task = task
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        frames = [self._read(int(i), str(p)) for i, p in zip(batch["index"], batch["path"], strict=True)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        for path in batch["path"]:
+            yield from self._read(str(path))
 
-    def _read(self, index: int, path: str) -> pd.DataFrame:
+    def _read(self, path: str) -> Iterator[pd.DataFrame]:
+        """The file's typed rows: a Parquet file in chunks of about `_CHUNK_VALUES` values, so that
+        a task's memory does not grow with the file; a CSV file whole (its line numbers need it)."""
         local = path.split("://", 1)[-1]
         columns = [self.label, *([self.id_column] if self.id_column else []), *self.kinds]
-        broken: list[tuple[int | None, str]] = []
         if self.fmt == "parquet":
-            frame = pq.read_table(local, columns=columns, filesystem=self.fs).to_pandas()
-            lines = np.arange(1, len(frame) + 1)
-            where = "row"
+            first = 1
+            with self.fs.open_input_file(local) as f:
+                rows = max(1024, _CHUNK_VALUES // len(columns))
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
+                    frame = batch.to_pandas()
+                    yield self._typed(frame, path, "row", np.arange(first, first + len(frame)), [])
+                    first += len(frame)
         else:
             frame, lines, broken = self._read_csv(local, columns)
-            where = "line"
+            yield self._typed(frame, path, "line", lines, broken)
+
+    def _typed(self, frame: pd.DataFrame, path: str, where: str, lines: np.ndarray,
+               broken: list[tuple[int | None, str]]) -> pd.DataFrame:
         errors = np.full(len(frame), None, dtype=object)
         out: dict[str, np.ndarray] = {}
         for name, kind in self.kinds.items():
