@@ -60,6 +60,7 @@ _SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 _READY_MARKER = "_RAYLANE_COMPLETE"
 RAW_PREFIX = "raw:"  # the test split keeps each raw feature column under this prefix
 _LABEL, _SPLIT, _HASH, _ERROR = "__label", "__split", "__hash", "__error"
+_ROW = "__row"  # the row's place in the data: file index << 40 | row in the file (streamed blocks' names)
 BAD_SAMPLE_SIZE = 20
 
 
@@ -124,9 +125,21 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     for note in drift:
         progress.say(f"  schema drift: {note}")
     streaming = _streaming(cfg, fs, files, fmt)
+    context = ray.data.DataContext.get_current()
+    block_bytes = context.target_max_block_size
     if streaming:  # smaller blocks: what a task holds at once, as the rows pass through it
-        ray.data.DataContext.get_current().target_max_block_size = _STREAMING_BLOCK_BYTES
+        context.target_max_block_size = _STREAMING_BLOCK_BYTES
+    try:
+        return _prepare(cfg, storage_path, directory, source, fmt, files, kinds, drift, streaming)
+    finally:
+        context.target_max_block_size = block_bytes  # datasets made meanwhile keep their own
 
+
+def _prepare(cfg: DataConfig, storage_path: str, directory: str | None, source: str, fmt: str,
+             files: list[str], kinds: dict[str, str], drift: list[str], streaming: bool) -> PreparedData:
+    import ray.data
+
+    fs, _ = _filesystem(source)
     reader = _ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task)
     split_fn = _SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     items = ray.data.from_items([{"index": i, "path": f} for i, f in enumerate(files)],
@@ -158,7 +171,7 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     if streaming:
         location = directory or storage.join(storage_path, "prepared", summary["digest"])
         try:
-            splits = _write_splits(rows, location, preprocessor, classes, cfg.task)
+            splits = _write_splits(rows, location, preprocessor, classes, cfg.task, summary["num_rows"])
         except Exception as err:  # the files are read again: one may have changed since
             raise _data_error_in(err, files) from err
     else:
@@ -202,24 +215,39 @@ def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str)
 
 
 def _write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes: list[Any],
-                  task: str) -> dict[str, Any]:
+                  task: str, expected: dict[str, int]) -> dict[str, Any]:
     """Encodes every good row in one streaming pass and writes the three splits as Parquet under
-    `directory` (`split=train`, ...); returns datasets that read them lazily."""
+    `directory` (`split=train`, ...); returns datasets that read them lazily. DataError unless the
+    files hold the rows the first pass counted (a source file changed in between)."""
     fs, root = storage.split(directory)
     if fs.get_file_info(root).type != pafs.FileType.NotFound:
         fs.delete_dir(root)  # a partial write by an interrupted attempt
     progress.say(f"  pass 2 of 2: encoding every row, writing the splits to {directory}")
     encoder = _FinishSplit(None, preprocessor, classes, task, keep_raw=True)
-    written = rows.map_batches(encoder, batch_format="pandas") \
-        .map_batches(_WriteSplits(fs, root), batch_format="pyarrow", batch_size=None)
-    progress.say(f"  wrote {written.sum('rows') or 0:,} rows")
-    return {name: _read_split(directory, name, streaming=True) for name in SPLITS}
+    rows.map_batches(encoder, batch_format="pandas") \
+        .map_batches(_WriteSplits(fs, root), batch_format="pyarrow", batch_size=None).materialize()
+    staging = posixpath.join(root, _WriteSplits.STAGING)
+    if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+        fs.delete_dir(staging)  # what a task killed mid-write left aside
+    splits = {name: _read_split(directory, name, streaming=True) for name in SPLITS}
+    written = {name: splits[name].count() for name in SPLITS}
+    if written != expected:
+        raise DataError(f"the splits written to {directory!r} hold {written} rows where the first pass "
+                        f"counted {expected}: did a source file change while it was read?")
+    progress.say(f"  wrote {sum(written.values()):,} rows")
+    return splits
 
 
 class _WriteSplits:
     """Writes each block's rows to `<root>/split=<name>/` as it comes, one Parquet file per split
     (Ray Data's own write holds all of a task's blocks before writing: memory would grow with the
-    input files). Only the test split keeps the raw columns."""
+    input files). Only the test split keeps the raw columns.
+
+    A file is named after the block's first and last rows, and written aside then moved into
+    place: a task Ray runs again (its worker died) rewrites the same files, so no row is written
+    twice and no half-written file is read."""
+
+    STAGING = "_staging"
 
     def __init__(self, fs: pafs.FileSystem, root: str) -> None:
         self.fs, self.root = fs, root
@@ -227,17 +255,23 @@ class _WriteSplits:
     def __call__(self, table: pa.Table) -> pa.Table:
         import pyarrow.compute as pc
 
-        name = uuid.uuid4().hex
+        if not table.num_rows:
+            return pa.table({"rows": pa.array([], type=pa.int64())})
+        bounds = pc.min_max(table[_ROW])
+        name = f"{bounds['min'].as_py():016x}-{bounds['max'].as_py():016x}"
+        staging = posixpath.join(self.root, self.STAGING)
+        self.fs.create_dir(staging, recursive=True)
         for split in SPLITS:
             part = table.filter(pc.equal(table["split"], split))
             if not part.num_rows:
                 continue
-            keep = [c for c in part.column_names if c != "split"
+            keep = [c for c in part.column_names if c not in ("split", _ROW)
                     and (split == "test" or not c.startswith(RAW_PREFIX))]
             directory = posixpath.join(self.root, f"split={split}")
             self.fs.create_dir(directory, recursive=True)
-            pq.write_table(part.select(keep), posixpath.join(directory, f"{name}.parquet"),
-                           filesystem=self.fs)
+            aside = posixpath.join(staging, f"{split}-{name}-{uuid.uuid4().hex}.parquet")
+            pq.write_table(part.select(keep), aside, filesystem=self.fs)
+            self.fs.move(aside, posixpath.join(directory, f"{name}.parquet"))
         return pa.table({"rows": [table.num_rows]})
 
 
@@ -544,10 +578,10 @@ class _ReadFile:
         self.task = task
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
-        for path in batch["path"]:
-            yield from self._read(str(path))
+        for index, path in zip(batch["index"], batch["path"], strict=True):
+            yield from self._read(int(index), str(path))
 
-    def _read(self, path: str) -> Iterator[pd.DataFrame]:
+    def _read(self, index: int, path: str) -> Iterator[pd.DataFrame]:
         """The file's typed rows: a Parquet file in chunks of about `_CHUNK_VALUES` values, so that
         a task's memory does not grow with the file; a CSV file whole (its line numbers need it)."""
         local = path.split("://", 1)[-1]
@@ -558,14 +592,15 @@ class _ReadFile:
                 rows = max(1024, _CHUNK_VALUES // len(columns))
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
                     frame = batch.to_pandas()
-                    yield self._typed(frame, path, "row", np.arange(first, first + len(frame)), [])
+                    lines = np.arange(first, first + len(frame))
+                    yield self._typed(frame, path, "row", lines, [], (index << 40) + first - 1)
                     first += len(frame)
         else:
             frame, lines, broken = self._read_csv(local, columns)
-            yield self._typed(frame, path, "line", lines, broken)
+            yield self._typed(frame, path, "line", lines, broken, index << 40)
 
     def _typed(self, frame: pd.DataFrame, path: str, where: str, lines: np.ndarray,
-               broken: list[tuple[int | None, str]]) -> pd.DataFrame:
+               broken: list[tuple[int | None, str]], first_row: int) -> pd.DataFrame:
         errors = np.full(len(frame), None, dtype=object)
         out: dict[str, np.ndarray] = {}
         for name, kind in self.kinds.items():
@@ -600,6 +635,7 @@ class _ReadFile:
                 out[name] = np.concatenate([values, fill])
             out[_ERROR][-len(broken):] = [f"{path} line {n if n is not None else '?'}: {text}"
                                           for n, text in broken]
+        out[_ROW] = first_row + np.arange(len(out[_ERROR]), dtype=np.int64)
         return pd.DataFrame(out)
 
     def _read_csv(self, local: str, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray, list]:
@@ -719,6 +755,8 @@ class _FinishSplit:
 
     def _class_indices(self, labels: pd.Series) -> np.ndarray:
         codes, uniques = pd.factorize(labels)  # each distinct label looked up once
+        if (codes < 0).any():
+            raise ValueError("a missing label reached encoding: such rows are bad rows")
         lookup = np.array([self.index[_plain(v)] for v in uniques], dtype=np.int64)
         return lookup[codes] if len(lookup) else np.zeros(0, dtype=np.int64)
 
@@ -747,6 +785,7 @@ class _FinishSplit:
                            else pa.array(numbers, mask=missing, type=pa.float64()))
                 out[RAW_PREFIX + column.name] = raw
         if self.code is None:
+            out[_ROW] = pa.array(rows[_ROW].to_numpy(dtype=np.int64), type=pa.int64())
             names = np.asarray(SPLITS, dtype=object)[rows[_SPLIT].to_numpy()]
             out["split"] = pa.array(names, type=pa.string())
         return pa.table(out)

@@ -57,7 +57,7 @@ def class_values(labels: pd.Series) -> np.ndarray:
     (no Python object per row), else objects. Each distinct value is converted once."""
     codes, uniques = pd.factorize(labels, use_na_sentinel=True)
     values = [class_value(v) for v in uniques]
-    if not (codes < 0).any() and all(type(v) is int for v in values):
+    if not (codes < 0).any() and all(type(v) is int and -2**63 <= v < 2**63 for v in values):
         return np.asarray(values, dtype=np.int64)[codes] if values else np.zeros(0, dtype=np.int64)
     table = np.empty(len(values) + 1, dtype=object)
     table[:-1] = values

@@ -61,7 +61,7 @@ def _domain(dim: SearchDim) -> Any:
 
 
 def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: PreparedData,
-              storage_path: str) -> None:
+              storage_path: str, controller_keys: str = "raylane:controller:") -> None:
     """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations.
 
     The trainer's run is named after the trial, so a trial started again (a resumed pipeline)
@@ -78,7 +78,7 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
     trial_id = tune.get_context().get_trial_id()
     session = get_session()
-    controller = _ControllerHandle(f"raylane:controller:{trial_id}:{uuid.uuid4().hex}")
+    controller = _ControllerHandle(f"{controller_keys}{trial_id}:{uuid.uuid4().hex}")
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
         callbacks=[TuneReportCallback(), controller],
@@ -89,7 +89,7 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
             result = trainer.fit()
         except Exception:
             if session.stop_event.is_set():
-                return  # stopped by Tune: the fit was killed on purpose, nothing is lost
+                return  # stopped by Tune: the fit was ended on purpose, nothing is lost
             raise
     if session.iteration == reported_before and result.checkpoint is not None:
         # Resumed after its last epoch (killed between the final checkpoint and the end of the
@@ -99,11 +99,12 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
 
 # Seconds Tune waits for a stopped trial's thread to end before it gives up reusing the process.
 REUSE_WAIT_S = 20
+ABORT_WAIT_S = 5  # for a Train controller to abort before it is killed
 
 
 class _ControllerHandle(ControllerCallback):
     """Publishes the Train controller's actor handle under `key` in Ray's key-value store, from the
-    controller's own process, so that the trial that started the fit can kill it."""
+    controller's own process, so that the trial that started the fit can end it."""
 
     def __init__(self, key: str):
         self.key = key
@@ -112,17 +113,29 @@ class _ControllerHandle(ControllerCallback):
         import ray
         from ray.experimental import internal_kv
 
-        handle = ray.get_runtime_context().current_actor
-        internal_kv._internal_kv_put(self.key, ray.cloudpickle.dumps(handle), overwrite=True)
+        try:
+            handle = ray.get_runtime_context().current_actor
+            internal_kv._internal_kv_put(self.key, ray.cloudpickle.dumps(handle), overwrite=True)
+        except Exception as err:  # the fit goes on; only an early stop would wait for it
+            print(f"[raylane] cannot publish the Train controller ({err}); a stopped trial will "
+                  "run its fit to the end", flush=True)
 
-    def kill(self) -> None:
-        """Kills the controller (its workers die with it, Train frees their placement group)."""
+    def end(self) -> bool:
+        """Ends the fit: the controller aborts (its workers, then its placement group), or is
+        killed if it does not within seconds. False while the controller has not published itself."""
         import ray
         from ray.experimental import internal_kv
 
         published = internal_kv._internal_kv_get(self.key)
-        if published is not None:
-            ray.kill(ray.cloudpickle.loads(published), no_restart=True)
+        if published is None:
+            return False
+        handle = ray.cloudpickle.loads(published)
+        try:
+            ray.get(handle.abort.remote(), timeout=ABORT_WAIT_S)
+        except Exception:  # it exits while aborting (RayActorError), or is stuck (timeout)
+            pass
+        ray.kill(handle, no_restart=True)
+        return True
 
     def forget(self) -> None:
         from ray.experimental import internal_kv
@@ -143,7 +156,11 @@ def _stopped_with(stop: threading.Event, controller: _ControllerHandle) -> Itera
             if stop.wait(0.2):
                 # The controller may not have published itself yet (the fit is starting): retry.
                 while not done.is_set():
-                    controller.kill()
+                    try:
+                        if controller.end():
+                            return
+                    except Exception as err:  # Ray unreachable for a moment: try again
+                        print(f"[raylane] cannot end the stopped trial's fit yet: {err}", flush=True)
                     done.wait(0.5)
                 return
 
@@ -169,14 +186,38 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     scheduler = (
         ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
                       grace_period=min(tc.grace_period, cfg.train.epochs),
-                      reduction_factor=tc.reduction_factor)
+                      reduction_factor=tc.reduction_factor,
+                      # A trial at the full budget ends its fit itself, not killed in its teardown.
+                      stop_last_trials=False)
         if tc.scheduler == "asha" else FIFOScheduler()
     )
+    # Where this search's trials publish their fits' controllers; cleared when it ends, whatever
+    # became of the trials.
+    controller_keys = f"raylane:controller:{uuid.uuid4().hex}:"
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, data=data,
-                             storage_path=storage.join(storage_path, run_name, "trials")),
+                             storage_path=storage.join(storage_path, run_name, "trials"),
+                             controller_keys=controller_keys),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
+    try:
+        return _run_search(cfg, trainable, run_name, storage_path, callbacks, resume, scheduler)
+    finally:
+        _forget_controllers(controller_keys)
+
+
+def _forget_controllers(prefix: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(prefix, del_by_prefix=True)
+    except Exception:  # Ray already down (the search was interrupted): nothing is left to clear
+        pass
+
+
+def _run_search(cfg: PipelineConfig, trainable: Any, run_name: str, storage_path: str,
+                callbacks: list[Any], resume: bool, scheduler: Any) -> BestTrial:
+    tc = cfg.tune
     experiment = storage.join(storage_path, run_name, "tune")
     if resume and tune.Tuner.can_restore(experiment):
         # The callbacks come back from the experiment state; they find their MLflow runs by tag.

@@ -47,6 +47,7 @@ def test_class_values_convert_each_label_as_class_value_does() -> None:
     mixed = pd.Series(["yes", 2.5, None, "yes", 3])
     assert class_values(mixed).tolist() == [class_value("yes"), 2.5, None, "yes", 3]
     assert class_values(pd.Series([], dtype=object)).tolist() == []
+    assert class_values(pd.Series([str(2**70), "1"])).tolist() == [2**70, 1]  # past int64: objects
 
 
 def test_the_typed_path_encodes_as_the_raw_path_does() -> None:
