@@ -229,13 +229,24 @@ def _write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes
     staging = posixpath.join(root, _WriteSplits.STAGING)
     if fs.get_file_info(staging).type != pafs.FileType.NotFound:
         fs.delete_dir(staging)  # what a task killed mid-write left aside
-    splits = {name: _read_split(directory, name, streaming=True) for name in SPLITS}
-    written = {name: splits[name].count() for name in SPLITS}
+    written = {name: _rows_in(fs, posixpath.join(root, f"split={name}")) for name in SPLITS}
     if written != expected:
         raise DataError(f"the splits written to {directory!r} hold {written} rows where the first pass "
                         f"counted {expected}: did a source file change while it was read?")
     progress.say(f"  wrote {sum(written.values()):,} rows")
-    return splits
+    return {name: _read_split(directory, name, streaming=True) for name in SPLITS}
+
+
+def _rows_in(fs: pafs.FileSystem, directory: str) -> int:
+    """Rows of the Parquet files in `directory`, from their footers."""
+    if fs.get_file_info(directory).type == pafs.FileType.NotFound:
+        return 0
+    total = 0
+    for info in fs.get_file_info(pafs.FileSelector(directory)):
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+            with fs.open_input_file(info.path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 class _WriteSplits:
