@@ -2,13 +2,16 @@
 batch, same data, same run; and the fixed cost of a `trainer.fit()` outside its epochs.
 
     python -m benchmarks.ingest [--rows 200000] [--cols 64] [--hidden 512] [--batch 512] [--epochs 5]
+    python -m benchmarks.ingest --gpu --precision bf16 --rows 1430000 --cols 128 --hidden 4096 \
+        --layers 3 --batch 8192        # the wide-tabular GPU case: 1M train rows, a 34M-parameter MLP
 
 The data: `--rows` x `--cols` float32 features and a 10-class label in Parquet files, prepared by
 `raylane.data.prepare` as the pipeline does (the train split is 70% of the rows). Then:
 
     plain    the train split already in memory as two tensors; each epoch one permutation,
-             batches sliced from it; MLP cols-hidden-hidden-10, AdamW, one thread (a Ray
-             worker with one CPU runs torch on one thread too)
+             batches sliced from it; MLP cols-(hidden x layers)-10, AdamW, one thread (a Ray
+             worker with one CPU runs torch on one thread too); with --gpu the tensors and the
+             model are on the GPU, and --precision bf16 autocasts both sides' passes
     memory   raylane's TorchTrainer, one worker, train.ingest=memory (the default `auto` picks it
              when the shard fits): the shard read once into tensors, then the same loop
     stream   the same trainer with train.ingest=stream: Ray Data's iter_torch_batches each epoch,
@@ -51,28 +54,32 @@ def make_files(directory: Path, rows: int, cols: int, files: int = 8) -> None:
 
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: int) -> list[float]:
-    """Samples/s of each epoch of the loop a PyTorch user writes with the data in memory."""
+    """Samples/s of each epoch of the loop a PyTorch user writes with the data in memory (on the
+    GPU with --gpu)."""
     import torch
     from raylane.train.model import ModelSpec, build_mlp
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
     spec = ModelSpec(input_dim=input_dim, num_classes=10, hidden_size=cfg.train.hidden_size,
                      num_layers=cfg.train.num_layers, dropout=0.0)
-    model = build_mlp(spec)
+    model = build_mlp(spec).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    features, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    bf16 = cfg.train.precision == "bf16"
     rates = []
     for epoch in range(epochs):
         started = time.perf_counter()
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch)).to(device)
         xs, ys = features[order], labels[order]
         model.train()
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for start in range(0, len(ys), cfg.train.batch_size):
             xb, yb = xs[start:start + cfg.train.batch_size], ys[start:start + cfg.train.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(yb)
@@ -80,6 +87,12 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: i
         rates.append(len(ys) / (time.perf_counter() - started))
         print(f"[bench] plain    epoch {epoch}: {rates[-1]:,.0f} samples/s", flush=True)
     return rates
+
+
+def device_name(gpu: bool) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if gpu else "cpu"
 
 
 def raylane_fit(cfg: Any, prepared: Any, storage: str, ingest: str) -> dict[str, Any]:
@@ -111,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--cols", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=2, help="hidden layers of the MLP")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    parser.add_argument("--gpu", action="store_true", help="one GPU: the plain loop's data on it, "
+                        "the raylane worker with train.use_gpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="both sides' arithmetic (train.precision); bf16 autocast")
     parser.add_argument("--skip-stream", action="store_true", help="measure only plain and memory")
     parser.add_argument("--workdir", default="bench_data/ingest")
     args = parser.parse_args(argv)
@@ -127,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PipelineConfig.model_validate({
         "data": {"source": str(workdir / "source"), "label_column": "label"},
         "train": {"num_workers": 1, "epochs": args.epochs, "batch_size": args.batch,
-                  "hidden_size": args.hidden, "num_layers": 2, "lr": 1e-3,
+                  "hidden_size": args.hidden, "num_layers": args.layers, "lr": 1e-3,
+                  "use_gpu": args.gpu, "precision": args.precision,
                   "checkpoints_to_keep": args.epochs},  # the result lists kept checkpoints only
         "tune": {"metric": "val_accuracy"},
         "cluster": {"num_cpus": args.cpus}, "serve": {"enabled": False},
@@ -151,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
               f"fit {side['fit_wall_s']:.1f} s = epochs {side['epochs_s']:.1f} s "
               f"+ fixed {side['fixed_s']:.1f} s; "
               f"val_accuracy {side['val_accuracy']:.3f}")
-    result = {"rows": args.rows, "cols": args.cols, "batch": args.batch, "plain_samples_per_s": plain,
+    result = {"rows": args.rows, "cols": args.cols, "batch": args.batch, "hidden": args.hidden,
+              "layers": args.layers, "precision": args.precision, "device": device_name(args.gpu),
+              "plain_samples_per_s": plain,
               **{f"{n}_{k}": v for n, side in sides.items() for k, v in side.items()},
               **{f"ratio_{n}": side["samples_per_s"] / plain for n, side in sides.items()},
               **{f"best_epoch_ratio_{n}": side["best_samples_per_s"] / plain_best

@@ -34,9 +34,23 @@ def connect(cfg: PipelineConfig) -> bool:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
     # through the State API it serves; without it they linger and later trials wait forever.
+    dashboard = _dashboard_installed()
+    if not dashboard:
+        print("[raylane] Ray's dashboard packages are missing (pip install 'ray[default]'): starting "
+              "Ray without its dashboard; a Tune search may then wait on stopped trials' resources",
+              flush=True)
     ray.init(address="local", num_cpus=local_cpus(cfg), object_store_memory=cfg.cluster.object_store_memory,
-             include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning")
+             include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="warning")
     return False
+
+
+def _dashboard_installed() -> bool:
+    """Whether the packages of `ray[default]` that Ray's dashboard imports are installed."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401  (Ray's own check)
+    except ImportError:
+        return False
+    return True
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"

@@ -123,6 +123,16 @@ class TrainConfig(_Section):
     ingest_memory_fraction: float = Field(default=0.25, gt=0, le=0.9)
     """Share of the free memory (GPU memory on a GPU worker) an in-memory shard may take under
     ingest: auto."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of a PyTorch worker's forward and backward passes. bf16: autocast to bfloat16
+    (weights and optimizer stay float32), the usual choice on recent GPUs; fp32: no autocast."""
+
+    @model_validator(mode="after")
+    def _precision_of_the_backend(self) -> TrainConfig:
+        if self.precision != "fp32" and self.backend != "torch":
+            raise ValueError(f"train.precision: {self.precision!r} is supported with train.backend "
+                             f"'torch' only; the {self.backend} workers train in fp32")
+        return self
 
 
 HYPERPARAMETERS = ("lr", "weight_decay", "hidden_size", "num_layers", "dropout", "batch_size")

@@ -70,6 +70,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if context.get_world_rank() == 0:
         print(f"[raylane] worker ingest: {mode} ({why})", flush=True)
 
+    precision = autocast(config, device)
+
     def batches(dataset: Any, batch_size: int, seed: int | None = None) -> Any:
         if mode == "memory":
             return dataset.batches(batch_size, seed)
@@ -80,7 +82,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total_loss, total_rows, started = torch.zeros((), device=device), 0, time.perf_counter()
         for features, labels in batches(train_shard, config["batch_size"], config["seed"] + epoch):
             optimizer.zero_grad(set_to_none=True)
-            loss = objective.loss(model(features), labels)
+            with precision:
+                loss = objective.loss(model(features), labels)
             loss.backward()  # DDP all-reduces the gradients here
             optimizer.step()
             # Summed on the device: no host synchronisation per batch (loss.item() would wait).
@@ -92,7 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": total_loss / max(total_rows, 1),
-            **evaluate(model, batches(val_data, max(config["batch_size"], 256)), objective),
+            **evaluate(model, batches(val_data, max(config["batch_size"], 256)), objective, precision),
             "start_epoch": start_epoch,  # > 0 when this worker group resumed from a checkpoint
             "train_rows": total_rows * world_size,  # rows seen by all workers this epoch
             "epoch_time_s": epoch_time,
@@ -136,13 +139,20 @@ class Objective:
         return "val_mae" if self.regression else "val_accuracy"
 
 
-def evaluate(model: nn.Module, batches: Any, objective: Objective) -> dict[str, float]:
+def autocast(config: dict[str, Any], device: torch.device) -> torch.autocast:
+    """The forward passes' precision (`train.precision`): bf16 autocast, or none for fp32. One
+    context, entered once per batch."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.get("precision") == "bf16")
+
+
+def evaluate(model: nn.Module, batches: Any, objective: Objective, precision: Any) -> dict[str, float]:
     """Returns {val_loss, val_accuracy or val_mae} of `model` over (features, labels) `batches`."""
     model.eval()
     loss_sum, score, rows = 0.0, 0.0, 0
     with torch.no_grad():
         for features, labels in batches:
-            outputs = model(features)
+            with precision:
+                outputs = model(features).float()
             loss_sum += objective.loss(outputs, labels, reduction="sum").item()
             score += objective.score(outputs, labels)
             rows += len(labels)

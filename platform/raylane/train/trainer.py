@@ -39,6 +39,7 @@ def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Prepared
         "cpus_per_worker": train.cpus_per_worker, "task": data.task,
         "target_mean": data.target.get("mean", 0.0), "target_std": data.target.get("std", 1.0),
         "ingest": train.ingest, "ingest_memory_fraction": train.ingest_memory_fraction,
+        "precision": train.precision,
         "train_rows": data.num_rows.get("train", 0), "val_rows": data.num_rows.get("val", 0),
     }
 
