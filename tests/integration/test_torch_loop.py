@@ -32,11 +32,13 @@ def test_second_fit_resumes_from_the_last_checkpoint_not_epoch_zero(prepared, tm
     assert second.metrics["val_accuracy"] > 0.8  # 10 classes: chance is 0.1
 
 
-@pytest.mark.parametrize("ingest", ["stream", "auto"])
-def test_both_ingest_paths_learn_with_two_ddp_workers(prepared, tmp_path, ingest) -> None:
+@pytest.mark.parametrize(("ingest", "precision"), [("stream", "fp32"), ("auto", "bf16")])
+def test_both_ingest_paths_learn_with_two_ddp_workers(prepared, tmp_path, ingest, precision) -> None:
     """stream: Ray Data's iter_torch_batches every epoch; auto: the ranks agree on memory for a
-    shard this small (each reads its shard once into tensors; DDP needs equal shards)."""
-    cfg = load_config(None, ["train.epochs=2", "train.num_workers=2", f"train.ingest={ingest}"])
+    shard this small (each reads its shard once into tensors; DDP needs equal shards). The second
+    also trains under bf16 autocast, which learns as well."""
+    cfg = load_config(None, ["train.epochs=2", "train.num_workers=2", f"train.ingest={ingest}",
+                             f"train.precision={precision}"])
     result = build_trainer(cfg, {"lr": 0.01}, prepared, name=f"ingest-{ingest}",
                            storage_path=str(tmp_path)).fit()
     assert result.error is None

@@ -79,3 +79,12 @@ def test_cli_bad_config_exits_2_with_one_line_and_no_traceback() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "ConfigError: train.backend: 'pytorch' is not one of 'torch', 'tensorflow'"
     assert "Traceback" not in proc.stderr
+
+
+def test_bf16_is_for_pytorch_workers() -> None:
+    assert load_config(None, ["train.precision=bf16"]).train.precision == "bf16"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.backend=tensorflow", "train.precision=bf16"])
+    assert "train.precision: 'bf16' is supported with train.backend 'torch' only" in str(err.value)
+    with pytest.raises(ConfigError, match="train.precision: 'fp16' is not one of 'fp32', 'bf16'"):
+        load_config(None, ["train.precision=fp16"])
