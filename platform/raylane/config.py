@@ -184,8 +184,11 @@ class TuneConfig(_Section):
     """Trials running at once (each holds train.num_workers workers)."""
     search_alg: Literal["optuna", "random"] = "optuna"
     """Search algorithm: Optuna TPE, or random sampling."""
-    scheduler: Literal["asha", "fifo"] = "asha"
-    """Trial scheduler: ASHA early stopping, or run every trial to the end."""
+    scheduler: Literal["asha", "asha_promotion", "fifo"] = "asha"
+    """Trial scheduler. asha: Ray's ASHA, which stops a trial that reaches a rung below the cutoff
+    so far; asha_promotion: the ASHA paper's rule, each trial waits at a rung until it is among
+    the best 1/reduction_factor there, then continues from its checkpoint (less compute; each
+    promotion restarts a fit); fifo: every trial runs to the end."""
     metric: Literal["val_accuracy", "val_loss", "val_mae"] = "val_accuracy"
     """Validation metric the search optimises (max accuracy; min loss or mean absolute error).
     Unset: val_accuracy for classification, val_mae for regression."""

@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 from ray.train.v2._internal.execution.callback import ControllerCallback
 
-from raylane import storage
+from raylane import asha, storage
 from raylane.cluster import TRAIN_POLL_ENV, TRAIN_POLL_S
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
@@ -183,14 +183,19 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tc = cfg.tune
-    scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                      grace_period=min(tc.grace_period, cfg.train.epochs),
-                      reduction_factor=tc.reduction_factor,
-                      # A trial at the full budget ends its fit itself, not killed in its teardown.
-                      stop_last_trials=False)
-        if tc.scheduler == "asha" else FIFOScheduler()
-    )
+    if tc.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs,
+            grace_period=min(tc.grace_period, cfg.train.epochs), reduction_factor=tc.reduction_factor,
+            # A trial at the full budget ends its fit itself, not killed in its teardown.
+            stop_last_trials=False)
+    elif tc.scheduler == "asha_promotion":
+        scheduler = asha.PromotionASHA(
+            metric=tc.metric, mode=tc.mode, max_t=cfg.train.epochs, grace_period=tc.grace_period,
+            reduction_factor=tc.reduction_factor, max_concurrent=tc.max_concurrent_trials,
+            num_samples=tc.num_samples)
+    else:
+        scheduler = FIFOScheduler()
     # Where this search's trials publish their fits' controllers; cleared when it ends, whatever
     # became of the trials.
     controller_keys = f"raylane:controller:{uuid.uuid4().hex}:"
@@ -204,6 +209,7 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
         return _run_search(cfg, trainable, run_name, storage_path, callbacks, resume, scheduler)
     finally:
         _forget_controllers(controller_keys)
+        asha.forget(scheduler)
 
 
 def _forget_controllers(prefix: str) -> None:
@@ -227,12 +233,16 @@ def _run_search(cfg: PipelineConfig, trainable: Any, run_name: str, storage_path
             if hasattr(callback, "catch_up"):
                 callback.catch_up(results)
         return best_trial(results, tc, filesystem(storage_path))
+    search_alg, max_concurrent = _search_alg(cfg), tc.max_concurrent_trials
+    if isinstance(scheduler, asha.PromotionASHA):
+        # Tune counts paused trials as running: the scheduler keeps the count of trials at once.
+        search_alg, max_concurrent = asha.gated(search_alg, scheduler, cfg.train.seed), None
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(tc),
         tune_config=tune.TuneConfig(
-            metric=tc.metric, mode=tc.mode, search_alg=_search_alg(cfg), scheduler=scheduler,
-            num_samples=tc.num_samples, max_concurrent_trials=tc.max_concurrent_trials,
+            metric=tc.metric, mode=tc.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=tc.num_samples, max_concurrent_trials=max_concurrent,
             reuse_actors=REUSE_TRIAL_PROCESSES,
         ),
         run_config=tune.RunConfig(

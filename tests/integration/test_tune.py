@@ -56,3 +56,21 @@ def test_asha_stops_weak_trials_and_hands_their_process_on(prepared, tmp_path) -
     assert internal_kv._internal_kv_list("raylane:controller:") == []  # the search cleared its keys
     # The last trial's process ends with the search, and its fit's actors with it.
     assert gone(train_actors_alive() - train_before), "a stopped trial's Train controller or workers live on"
+
+
+def test_promotion_asha_pauses_trials_at_a_rung_and_continues_only_the_best(prepared, tmp_path) -> None:
+    """Each trial waits at the first rung (1 epoch) until it is the best third of the trials there:
+    the good trial is promoted once three have reported, and continues from its checkpoint."""
+    cfg = load_config(None, [*SEARCH, "tune.scheduler=asha_promotion"])
+    best = raylane_tune.search(cfg, prepared, "promotion", str(tmp_path))
+
+    assert not [r.error for r in best.results if r.error], "a trial errored"
+    frames = {r.metrics["trial_id"]: r.metrics_dataframe for r in best.results}
+    epochs = {trial: sorted(frame["epoch"]) for trial, frame in frames.items()}
+    print("epochs per trial:", epochs)
+    assert sorted(map(len, epochs.values())) == [1, 1, 3]
+    assert all(e == list(range(len(e))) for e in epochs.values()), "an epoch was trained twice"
+    promoted = max(frames.values(), key=len)
+    assert list(promoted["start_epoch"]) == [0, 1, 1], "the promoted trial started over"
+    assert best.hyperparams["lr"] == 0.02 and best.metrics["val_accuracy"] > 0.8
+    assert best.results.num_terminated == 3

@@ -1,0 +1,200 @@
+"""Promotion-based ASHA (`tune.scheduler: asha_promotion`): a trial that reaches a rung waits there
+until it is among the best of that rung, and only then trains on.
+
+Ray's ASHA (`tune.scheduler: asha`) decides when a trial reaches a rung: it stops the trial if it
+is below the rung's cutoff so far, else the trial trains on. The first trials to reach a rung
+have nothing to be compared with and train on, so a search spends a good part of its budget on
+whatever it happened to start first. The algorithm of the ASHA paper (Li et al., 2020) instead
+pauses every trial at each rung and promotes one only when it is in the top 1/reduction_factor of
+the trials recorded there: the compute of synchronous successive halving, without its waits.
+
+Rungs are at grace_period x reduction_factor^k epochs, and at train.epochs. A paused trial's
+Ray Train fit is ended; promoted, the trial runs again and its fit continues from its latest
+checkpoint (`raylane.tune.run_trial`). When no trial runs, none can be promoted and no new trial
+can start, the paused trials are ended: the search is over.
+
+Tune starts every trial its search algorithm creates, and counts a paused trial as live. So this
+scheduler also limits how many trials run at once: the search algorithm creates a trial only
+when a slot is free and no paused trial is waiting to be promoted into it (`gated`).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+# The scheduler of each search in this process, by search id: the search algorithm asks it for a
+# free slot. (A restored search unpickles its own copies; they find each other through this.)
+_SCHEDULERS: dict[str, PromotionASHA] = {}
+
+
+def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """Epochs at which trials are compared: grace x rf^k below max_t, then max_t."""
+    milestones, rung = [], max(1, min(grace_period, max_t))
+    while rung < max_t:
+        milestones.append(rung)
+        rung *= reduction_factor
+    return [*milestones, max_t]
+
+
+class PromotionASHA(FIFOScheduler):
+    """Promotion-based ASHA over the epochs a trial has completed (its reports' `epoch` + 1: a
+    trial continued from a checkpoint goes on counting where it stopped)."""
+
+    def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: int,
+                 max_concurrent: int, num_samples: int) -> None:
+        super().__init__()
+        self._metric, self._mode, self.sign = metric, mode, 1.0 if mode == "max" else -1.0
+        self.milestones = rungs(grace_period, reduction_factor, max_t)
+        self.rf, self.max_concurrent, self.num_samples = reduction_factor, max_concurrent, num_samples
+        self.search_id = uuid.uuid4().hex
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.recorded: list[dict[str, float]] = [{} for _ in self.milestones]  # rung -> trial -> score
+        self.promoted: list[set[str]] = [set() for _ in self.milestones]  # went on past the rung
+        self.waiting: dict[str, int] = {}  # paused trial -> the rung it waits at
+        self.trials: dict[str, Trial] = {}
+        self.paused_total = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its scheduler before any trial runs
+        state = self.__dict__.copy()
+        state["trials"] = {}
+        return state
+
+    # -- Tune's events ---------------------------------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # the metric and mode were given at construction
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        _SCHEDULERS[self.search_id] = self
+        self.trials[trial.trial_id] = trial
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if self._metric not in result or result.get("epoch") is None:
+            return TrialScheduler.CONTINUE
+        done = int(result["epoch"]) + 1
+        rung = self._rung_reached(trial.trial_id, done)
+        if rung is None or rung == len(self.milestones) - 1:
+            return TrialScheduler.CONTINUE  # between rungs, or at the full budget: it ends itself
+        self.recorded[rung][trial.trial_id] = self.sign * float(result[self._metric])
+        if trial.trial_id in self._promotable(rung):  # already among the best: no need to wait
+            self.promoted[rung].add(trial.trial_id)
+            return TrialScheduler.CONTINUE
+        self.waiting[trial.trial_id] = rung
+        self.paused_total += 1
+        return TrialScheduler.PAUSE
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        self.waiting.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self.waiting.pop(trial.trial_id, None)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self.waiting.pop(trial.trial_id, None)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """A trial to promote when a slot is free (highest rung first), else a new trial (Tune
+        starts those itself). With nothing running, nothing to promote and no trial left to
+        create, the trials still waiting are ended."""
+        if self._running() >= self.max_concurrent:
+            return None
+        promote = self._next_promotion()
+        if promote is not None:
+            trial_id, rung = promote
+            self.waiting.pop(trial_id)
+            self.promoted[rung].add(trial_id)
+            return self.trials[trial_id]
+        for trial in self.trials.values():
+            if trial.status == Trial.PENDING:
+                return trial
+        if self._running() == 0 and len(self.trials) >= self.num_samples and self.waiting:
+            for trial_id in list(self.waiting):
+                tune_controller.stop_trial(self.trials[trial_id])
+        return None
+
+    def full(self) -> bool:
+        """True when the search algorithm must not create a trial now."""
+        return self._running() >= self.max_concurrent or self._next_promotion() is not None
+
+    def debug_string(self) -> str:
+        counts = ", ".join(f"{m}: {len(r)} ({len(p)} promoted)"
+                           for m, r, p in zip(self.milestones, self.recorded, self.promoted, strict=True))
+        return f"Promotion-based ASHA, rungs at epochs {counts}; {len(self.waiting)} trials waiting."
+
+    # -- the rule --------------------------------------------------------------------------------
+
+    def _rung_reached(self, trial_id: str, done: int) -> int | None:
+        """The rung this report completes: the highest milestone <= done not yet recorded for the
+        trial (a fit continued from a later checkpoint than its rung still records there)."""
+        for rung in range(len(self.milestones) - 1, -1, -1):
+            if done >= self.milestones[rung]:
+                return None if trial_id in self.recorded[rung] else rung
+        return None
+
+    def _promotable(self, rung: int) -> set[str]:
+        """The trials in the top 1/rf of those recorded at `rung`, not promoted yet."""
+        recorded = self.recorded[rung]
+        top = sorted(recorded, key=recorded.get, reverse=True)[:math.floor(len(recorded) / self.rf)]
+        return set(top) - self.promoted[rung]
+
+    def _next_promotion(self) -> tuple[str, int] | None:
+        for rung in range(len(self.milestones) - 2, -1, -1):
+            recorded = self.recorded[rung]
+            for trial_id in sorted(self._promotable(rung), key=recorded.get, reverse=True):
+                if self.waiting.get(trial_id) == rung and self.trials[trial_id].status == Trial.PAUSED:
+                    return trial_id, rung
+        return None
+
+    def _running(self) -> int:
+        return sum(trial.status in (Trial.PENDING, Trial.RUNNING) for trial in self.trials.values())
+
+
+def _full(search_id: str) -> bool:
+    scheduler = _SCHEDULERS.get(search_id)
+    return scheduler is not None and scheduler.full()
+
+
+class _GatedSearcher(ConcurrencyLimiter):
+    """A searcher (Optuna) that suggests a trial only when the scheduler has a free slot."""
+
+    def __init__(self, searcher: Any, search_id: str, num_samples: int) -> None:
+        super().__init__(searcher, max_concurrent=num_samples)
+        self.search_id = search_id
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if _full(self.search_id):
+            return None
+        return super().suggest(trial_id)
+
+
+class _GatedGenerator(BasicVariantGenerator):
+    """Random search that creates a trial only when the scheduler has a free slot."""
+
+    def __init__(self, search_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.search_id = search_id
+
+    def next_trial(self) -> Any:
+        if _full(self.search_id):
+            return None
+        return super().next_trial()
+
+
+def gated(search_alg: Any, scheduler: PromotionASHA, random_state: int) -> Any:
+    """The search algorithm for `scheduler`: it creates trials only into free slots."""
+    if isinstance(search_alg, BasicVariantGenerator):  # random search: the same draws, unlimited
+        return _GatedGenerator(scheduler.search_id, random_state=random_state)
+    return _GatedSearcher(search_alg, scheduler.search_id, scheduler.num_samples)
+
+
+def forget(scheduler: Any) -> None:
+    if isinstance(scheduler, PromotionASHA):
+        _SCHEDULERS.pop(scheduler.search_id, None)
