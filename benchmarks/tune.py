@@ -9,9 +9,11 @@
    epoch, reduction factor 3; `--asha`: the paper's promotion rule, each trial paused at a rung
    until it is among the best third there, or Ray's rule, which stops a trial below the cutoff so
    far), once with every trial run to `--epochs`.
-   Compute is what the trials' epochs cost, in worker seconds (training, evaluation, checkpoint)
-   and in count; the ratio is ASHA's over random search's, given that ASHA found a configuration
-   as good (its best validation accuracy within half a point of random search's best).
+   Compute is what the trials' epochs cost: in count, in worker seconds (training, evaluation,
+   checkpoint: wall time, which grows when another trial's fit starts beside it on a small
+   machine) and in the workers' CPU seconds over the same span. The ratio is ASHA's over random
+   search's, given that ASHA found a configuration as good (its best validation accuracy within
+   half a point of random search's best).
 
 2. Per-trial overhead of the Tune layer: `--trivial` trials that report once and do nothing else,
    two at a time on two CPUs, with stock Tune's defaults (a new actor process per trial) and with
@@ -49,16 +51,18 @@ def search(source: str, storage: str, scheduler: str, samples: int, epochs: int)
     started = time.perf_counter()
     best = raylane_tune.search(cfg, prepared, f"bench-{scheduler}", storage)
     wall = time.perf_counter() - started
-    epochs_run, seconds, fits = 0, 0.0, 0
+    epochs_run, seconds, cpu, fits = 0, 0.0, 0.0, 0
     for result in best.results:
         frame = result.metrics_dataframe
         epochs_run += len(frame)
         seconds += float(frame["epoch_wall_s"].sum())
+        cpu += float(frame["epoch_cpu_s"].sum())
         fits += frame["start_epoch"].nunique()  # a trial promoted after a pause runs a fit again
     print(f"[bench] {scheduler:<5} {len(best.results)} trials, {fits} fits, {epochs_run} epochs, "
-          f"{seconds:.1f} worker-s in epochs, {wall:.0f} s wall; best val_accuracy "
+          f"{seconds:.1f} worker-s ({cpu:.1f} CPU-s) in epochs, {wall:.0f} s wall; best val_accuracy "
           f"{best.metrics['val_accuracy']:.4f}", flush=True)
     return {"trials": len(best.results), "fits": fits, "epochs": epochs_run, "epoch_seconds": seconds,
+            "epoch_cpu_seconds": cpu,
             "wall_s": wall, "best_val_accuracy": float(best.metrics["val_accuracy"])}
 
 
@@ -133,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     found = asha["best_val_accuracy"] >= full["best_val_accuracy"] - 0.005
     result = {"scheduler": args.asha, "asha": asha, "random": full, "asha_found_the_best": found,
               "compute_ratio": asha["epoch_seconds"] / full["epoch_seconds"],
+              "cpu_ratio": asha["epoch_cpu_seconds"] / full["epoch_cpu_seconds"],
               "epochs_ratio": asha["epochs"] / full["epochs"], "wall_ratio": asha["wall_s"] / full["wall_s"],
               "overhead_stock_s": stock, "overhead_raylane_s": ours}
     print(f"ratio compute={result['compute_ratio']:.2f}x (epochs {result['epochs_ratio']:.2f}x, "
+          f"CPU-s {result['cpu_ratio']:.2f}x, "
           f"wall {result['wall_ratio']:.2f}x; ASHA / random search; target <= 0.35; ASHA's best "
           f"{'matches' if found else 'is below'} random search's) "
           f"per_trial_overhead={ours:.2f}s vs stock {stock:.2f}s (target <= 0.3 s)")

@@ -80,6 +80,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, config["epochs"]):
         model.train()
         total_loss, total_rows, started = torch.zeros((), device=device), 0, time.perf_counter()
+        cpu_started = time.process_time()
         for features, labels in batches(train_shard, config["batch_size"], config["seed"] + epoch):
             optimizer.zero_grad(set_to_none=True)
             with precision:
@@ -111,6 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_history(directory, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             metrics["epoch_wall_s"] = time.perf_counter() - started  # training, evaluation, checkpoint
+            metrics["epoch_cpu_s"] = time.process_time() - cpu_started  # this worker's CPU time in it
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
 
 
