@@ -196,6 +196,7 @@ class TrialRunLogger(tune.Callback):
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
         self.restarts: dict[str, int] = {}
+        self.paused: set[str] = set()  # trials Tune paused (asha_promotion), until they run again
         self._outbox: collections.deque = collections.deque()
         self._wakeup = threading.Condition()
         self._writer: threading.Thread | None = None
@@ -230,7 +231,10 @@ class TrialRunLogger(tune.Callback):
         start = result.get("start_epoch", 0)
         stamp = int(result.get("timestamp", time.time()) * 1000)
         if start and epoch == start:  # the first epoch of a worker group resumed from a checkpoint
-            self._send("resumed", trial.trial_id, int(start))
+            # After a pause (a promotion by asha_promotion) that is the plan, not a restart.
+            promoted = trial.trial_id in self.paused
+            self.paused.discard(trial.trial_id)
+            self._send("promoted" if promoted else "resumed", trial.trial_id, int(start))
             # Epochs up to the checkpoint, from the checkpoint itself: those whose reports died with
             # a killed driver are written now; those already on record are skipped as usual.
             for past in json.loads(result.get("history") or "[]"):
@@ -238,6 +242,10 @@ class TrialRunLogger(tune.Callback):
                            {k: float(past[k]) for k in TRIAL_METRICS if k in past})
         self._send("epoch", trial.trial_id, int(epoch), stamp,
                    {k: float(result[k]) for k in TRIAL_METRICS if k in result})
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # raylane's trials keep their checkpoints in Ray Train: Tune saves one only to pause it.
+        self.paused.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._send("finish", trial.trial_id, "FINISHED")
@@ -329,7 +337,9 @@ class TrialRunLogger(tune.Callback):
             self._open_run(trial_id, args[0])
             return
         run_id = self.run_ids.get(trial_id) or self._open_run(trial_id, None)
-        if kind == "resumed":
+        if kind == "promoted":
+            self.client.set_tag(run_id, "raylane.promoted_at_epoch", args[0])
+        elif kind == "resumed":
             restarts = self.restarts[trial_id] + 1  # counted once written: a retried write counts once
             self.client.set_tag(run_id, "raylane.restarts", restarts)
             self.client.set_tag(run_id, "raylane.resumed_at_epoch", args[0])

@@ -73,7 +73,7 @@ def _stop_tree(pid: int) -> None:
     for proc in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(tree, timeout=15)
+    _, alive = psutil.wait_procs(tree, timeout=5)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()

@@ -16,7 +16,7 @@ from pipelines import train_tune_serve
 from tests.typed_data import spending
 
 TINY_OVERRIDES = ["tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.search_alg=random",
-                  "tune.scheduler=fifo", "train.epochs=8", "train.batch_size=32", "train.num_workers=2"]
+                  "tune.scheduler=fifo", "train.epochs=8", "train.batch_size=32", "train.num_workers=1"]
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from mlflow import MlflowClient
 from ray.experimental import internal_kv
 from ray.util.state import list_actors
 from raylane import data
 from raylane import tune as raylane_tune
 from raylane.config import load_config
+from raylane.tracking import TrialRunLogger
 
 # One good and three hopeless learning rates. The seed (train.seed 0) draws 0.02, then 1e-6
 # twice, one trial at a time: the hopeless trials are below the first rung's cutoff (the 67th
@@ -61,8 +63,12 @@ def test_asha_stops_weak_trials_and_hands_their_process_on(prepared, tmp_path) -
 def test_promotion_asha_pauses_trials_at_a_rung_and_continues_only_the_best(prepared, tmp_path) -> None:
     """Each trial waits at the first rung (1 epoch) until it is the best third of the trials there:
     the good trial is promoted once three have reported, and continues from its checkpoint."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    logger = TrialRunLogger(uri, experiment, client.create_run(experiment).info.run_id)
     cfg = load_config(None, [*SEARCH, "tune.scheduler=asha_promotion"])
-    best = raylane_tune.search(cfg, prepared, "promotion", str(tmp_path))
+    best = raylane_tune.search(cfg, prepared, "promotion", str(tmp_path), callbacks=[logger])
 
     assert not [r.error for r in best.results if r.error], "a trial errored"
     frames = {r.metrics["trial_id"]: r.metrics_dataframe for r in best.results}
@@ -74,3 +80,8 @@ def test_promotion_asha_pauses_trials_at_a_rung_and_continues_only_the_best(prep
     assert list(promoted["start_epoch"]) == [0, 1, 1], "the promoted trial started over"
     assert best.hyperparams["lr"] == 0.02 and best.metrics["val_accuracy"] > 0.8
     assert best.results.num_terminated == 3
+    # In MLflow the promoted trial's run continues, tagged as promoted, not as restarted.
+    run = client.get_run(logger.run_ids[promoted["trial_id"].iloc[0]])
+    assert run.data.tags["raylane.promoted_at_epoch"] == "1" and run.data.tags["raylane.restarts"] == "0"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2]
+    assert {client.get_run(r).info.status for r in logger.run_ids.values()} == {"FINISHED"}
