@@ -6,6 +6,7 @@ built by `raylane.train.trainer.loop_config`: optimiser settings plus the model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -141,10 +142,12 @@ class Objective:
         return "val_mae" if self.regression else "val_accuracy"
 
 
-def autocast(config: dict[str, Any], device: torch.device) -> torch.autocast:
-    """The forward passes' precision (`train.precision`): bf16 autocast, or none for fp32. One
-    context, entered once per batch."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.get("precision") == "bf16")
+def autocast(config: dict[str, Any], device: torch.device) -> Any:
+    """The forward passes' precision (`train.precision`): bf16 autocast, or nothing at all for
+    fp32. One context, entered once per batch."""
+    if config.get("precision") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def evaluate(model: nn.Module, batches: Any, objective: Objective, precision: Any) -> dict[str, float]:
