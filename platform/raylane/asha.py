@@ -16,6 +16,12 @@ can start, the paused trials are ended: the search is over.
 Tune starts every trial its search algorithm creates, and counts a paused trial as live. So this
 scheduler also limits how many trials run at once: the search algorithm creates a trial only
 when a slot is free and no paused trial is waiting to be promoted into it (`gated`).
+
+A trial's workers wait after each rung epoch until the scheduler decides (`raylane.train.rungs`):
+promoted at once, they train on; paused, their fit ends there, so no epoch past the rung is
+trained unseen, and the trial waits without workers until Tune pauses it. The rung records are
+saved with the search algorithm's state, so a resumed search (`--resume`) goes on with them, its
+paused trials still paused.
 """
 
 from __future__ import annotations
@@ -24,13 +30,32 @@ import math
 import uuid
 from typing import Any
 
+from ray.experimental import internal_kv
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from raylane.train import rungs as hold
+
 # The scheduler of each search in this process, by search id: the search algorithm asks it for a
 # free slot. (A restored search unpickles its own copies; they find each other through this.)
 _SCHEDULERS: dict[str, PromotionASHA] = {}
+_RESTORED: dict[str, dict] = {}  # rung records read back before their scheduler saw a trial
+_STATE = ("recorded", "promoted", "waiting")
+
+
+def hold_key(trial_id: str) -> str:
+    """Where the scheduler tells a trial's workers to go on past a rung (+ epochs done)."""
+    return f"raylane:rung:{trial_id}:"
+
+
+def hold_config(cfg: Any, trial_id: str) -> dict[str, Any]:
+    """The workers' loop settings for holding at the rungs; none unless asha_promotion."""
+    tc = cfg.tune
+    if tc.scheduler != "asha_promotion":
+        return {}
+    return {"hold_at": rungs(tc.grace_period, tc.reduction_factor, cfg.train.epochs)[:-1],
+            "hold_key": hold_key(trial_id)}
 
 
 def rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
@@ -61,6 +86,7 @@ class PromotionASHA(FIFOScheduler):
         self.waiting: dict[str, int] = {}  # paused trial -> the rung it waits at
         self.trials: dict[str, Trial] = {}
         self.paused_total = 0
+        self.checked_restore = False
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its scheduler before any trial runs
         state = self.__dict__.copy()
@@ -74,6 +100,8 @@ class PromotionASHA(FIFOScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         _SCHEDULERS[self.search_id] = self
+        if self.search_id in _RESTORED:
+            self.set_rung_state(_RESTORED.pop(self.search_id))
         self.trials[trial.trial_id] = trial
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
@@ -83,27 +111,39 @@ class PromotionASHA(FIFOScheduler):
         rung = self._rung_reached(trial.trial_id, done)
         if rung is None or rung == len(self.milestones) - 1:
             return TrialScheduler.CONTINUE  # between rungs, or at the full budget: it ends itself
-        self.recorded[rung][trial.trial_id] = self.sign * float(result[self._metric])
+        score = self.sign * float(result[self._metric])
+        self.recorded[rung][trial.trial_id] = score if math.isfinite(score) else -math.inf
         if trial.trial_id in self._promotable(rung):  # already among the best: no need to wait
             self.promoted[rung].add(trial.trial_id)
+            _decide(trial.trial_id, self.milestones[rung], hold.GO)
             return TrialScheduler.CONTINUE
         self.waiting[trial.trial_id] = rung
         self.paused_total += 1
+        _decide(trial.trial_id, self.milestones[rung], hold.PAUSE)
         return TrialScheduler.PAUSE
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self.waiting.pop(trial.trial_id, None)
+        _forget_keys(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        _forget_keys(trial.trial_id)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        _forget_keys(trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         """A trial to promote when a slot is free (highest rung first), else a new trial (Tune
         starts those itself). With nothing running, nothing to promote and no trial left to
         create, the trials still waiting are ended."""
+        if not self.checked_restore:
+            # A restored search's trials come back PENDING, the paused ones too: they stay paused.
+            self.checked_restore = True
+            for trial_id in self.waiting:
+                if self.trials.get(trial_id) is not None and self.trials[trial_id].status == Trial.PENDING:
+                    tune_controller._set_trial_status(self.trials[trial_id], Trial.PAUSED)
         if self._running() >= self.max_concurrent:
             return None
         promote = self._next_promotion()
@@ -119,6 +159,13 @@ class PromotionASHA(FIFOScheduler):
             for trial_id in list(self.waiting):
                 tune_controller.stop_trial(self.trials[trial_id])
         return None
+
+    def rung_state(self) -> dict:
+        return {name: getattr(self, name) for name in _STATE}
+
+    def set_rung_state(self, state: dict) -> None:
+        for name in _STATE:
+            setattr(self, name, state[name])
 
     def full(self) -> bool:
         """True when the search algorithm must not create a trial now."""
@@ -157,9 +204,42 @@ class PromotionASHA(FIFOScheduler):
         return sum(trial.status in (Trial.PENDING, Trial.RUNNING) for trial in self.trials.values())
 
 
+def _decide(trial_id: str, epochs_done: int, decision: bytes) -> None:
+    internal_kv._internal_kv_put(hold.go_key(hold_key(trial_id), epochs_done), decision, overwrite=True)
+
+
+def paused_at_rung(trial_id: str, metrics: dict) -> bool:
+    """Whether a trial's fit ended because this scheduler paused the trial at a rung."""
+    if metrics.get("epoch") is None:
+        return False
+    key = hold.go_key(hold_key(trial_id), int(metrics["epoch"]) + 1)
+    return internal_kv._internal_kv_get(key) == hold.PAUSE
+
+
+def _forget_keys(trial_id: str) -> None:
+    try:
+        internal_kv._internal_kv_del(hold_key(trial_id), del_by_prefix=True)
+    except Exception:  # Ray already down: nothing is left to clear
+        pass
+
+
 def _full(search_id: str) -> bool:
     scheduler = _SCHEDULERS.get(search_id)
     return scheduler is not None and scheduler.full()
+
+
+def _rung_state(search_id: str) -> dict | None:
+    scheduler = _SCHEDULERS.get(search_id)
+    return scheduler.rung_state() if scheduler is not None else None
+
+
+def _set_rung_state(search_id: str, state: dict | None) -> None:
+    if state is None:
+        return
+    if search_id in _SCHEDULERS:
+        _SCHEDULERS[search_id].set_rung_state(state)
+    else:
+        _RESTORED[search_id] = state
 
 
 class _GatedSearcher(ConcurrencyLimiter):
@@ -174,6 +254,14 @@ class _GatedSearcher(ConcurrencyLimiter):
             return None
         return super().suggest(trial_id)
 
+    def get_state(self) -> dict:  # saved with the experiment: the scheduler's rungs go with it
+        return {**super().get_state(), "raylane_rungs": _rung_state(self.search_id)}
+
+    def set_state(self, state: dict) -> None:
+        state = dict(state)
+        _set_rung_state(self.search_id, state.pop("raylane_rungs", None))
+        super().set_state(state)
+
 
 class _GatedGenerator(BasicVariantGenerator):
     """Random search that creates a trial only when the scheduler has a free slot."""
@@ -187,6 +275,14 @@ class _GatedGenerator(BasicVariantGenerator):
             return None
         return super().next_trial()
 
+    def get_state(self) -> dict:
+        return {**super().get_state(), "raylane_rungs": _rung_state(self.search_id)}
+
+    def set_state(self, state: dict) -> None:
+        state = dict(state)
+        _set_rung_state(self.search_id, state.pop("raylane_rungs", None))
+        super().set_state(state)
+
 
 def gated(search_alg: Any, scheduler: PromotionASHA, random_state: int) -> Any:
     """The search algorithm for `scheduler`: it creates trials only into free slots."""
@@ -196,5 +292,12 @@ def gated(search_alg: Any, scheduler: PromotionASHA, random_state: int) -> Any:
 
 
 def forget(scheduler: Any) -> None:
-    if isinstance(scheduler, PromotionASHA):
-        _SCHEDULERS.pop(scheduler.search_id, None)
+    """After a search: its schedulers (a restored search's unpickled one too; one search runs at
+    a time in a process) and their keys."""
+    if not isinstance(scheduler, PromotionASHA):
+        return
+    for known in [*_SCHEDULERS.values(), scheduler]:
+        for trial_id in known.trials:
+            _forget_keys(trial_id)
+    _SCHEDULERS.clear()
+    _RESTORED.clear()

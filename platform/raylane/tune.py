@@ -81,7 +81,7 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     controller = _ControllerHandle(f"{controller_keys}{trial_id}:{uuid.uuid4().hex}")
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
-        callbacks=[TuneReportCallback(), controller],
+        callbacks=[TuneReportCallback(), controller], loop_extra=asha.hold_config(cfg, trial_id),
     )
     reported_before = session.iteration
     with _stopped_with(session.stop_event, controller):
@@ -91,6 +91,12 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
             if session.stop_event.is_set():
                 return  # stopped by Tune: the fit was ended on purpose, nothing is lost
             raise
+    if asha.paused_at_rung(trial_id, result.metrics or {}):
+        # Its fit ended at a rung (asha_promotion): wait, without workers, until Tune has paused
+        # the trial (it stops this process or hands it to another trial). A promotion runs this
+        # function again, and the fit continues from the rung's checkpoint.
+        session.stop_event.wait()
+        return
     if session.iteration == reported_before and result.checkpoint is not None:
         # Resumed after its last epoch (killed between the final checkpoint and the end of the
         # trial): the loop had nothing left to report, but Tune still needs the trial's result.
@@ -183,6 +189,9 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tc = cfg.tune
+    # Where this search's trials publish their fits' controllers; cleared when it ends, whatever
+    # became of the trials.
+    controller_keys = f"raylane:controller:{uuid.uuid4().hex}:"
     if tc.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration", max_t=cfg.train.epochs,
@@ -196,9 +205,6 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
             num_samples=tc.num_samples)
     else:
         scheduler = FIFOScheduler()
-    # Where this search's trials publish their fits' controllers; cleared when it ends, whatever
-    # became of the trials.
-    controller_keys = f"raylane:controller:{uuid.uuid4().hex}:"
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, data=data,
                              storage_path=storage.join(storage_path, run_name, "trials"),

@@ -85,3 +85,4 @@ def test_promotion_asha_pauses_trials_at_a_rung_and_continues_only_the_best(prep
     assert run.data.tags["raylane.promoted_at_epoch"] == "1" and run.data.tags["raylane.restarts"] == "0"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2]
     assert {client.get_run(r).info.status for r in logger.run_ids.values()} == {"FINISHED"}
+    assert internal_kv._internal_kv_list("raylane:rung:") == []  # the rung decisions were cleared

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import ray.train
 
+from raylane.train import rungs
 from raylane.train.model import ModelSpec
 from raylane.train.weights import (
     TF_STATE_FILE,
@@ -127,6 +128,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_history(directory, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+        if not rungs.go_on(config, epoch):  # asha_promotion: paused at this rung, the fit ends here
+            return
 
 
 def evaluate(model: Any, dataset: Any, per_row_loss: Any, target: tuple[float, float] | None

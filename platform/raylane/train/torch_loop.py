@@ -18,7 +18,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from raylane.train import ingest
+from raylane.train import ingest, rungs
 from raylane.train.model import ModelSpec, build_mlp
 from raylane.train.weights import (
     TORCH_STATE_FILE,
@@ -115,6 +115,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["epoch_wall_s"] = time.perf_counter() - started  # training, evaluation, checkpoint
             metrics["epoch_cpu_s"] = time.process_time() - cpu_started  # this worker's CPU time in it
             ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
+        if not rungs.go_on(config, epoch):  # asha_promotion: paused at this rung, the fit ends here
+            return
 
 
 class Objective:

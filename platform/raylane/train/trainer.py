@@ -52,9 +52,11 @@ def build_trainer(
     name: str,
     storage_path: str,
     callbacks: list[Any] = (),
+    loop_extra: dict[str, Any] | None = None,
 ) -> Any:
     """Returns the trainer for one trial (TorchTrainer with DDP, or TensorflowTrainer with
-    MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries."""
+    MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries. `loop_extra` adds to
+    the workers' loop config (the search's rung settings)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     if cfg.train.backend == "tensorflow":
@@ -68,7 +70,7 @@ def build_trainer(
 
     return Trainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, hyperparams, data),
+        train_loop_config={**loop_config(cfg, hyperparams, data), **(loop_extra or {})},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
