@@ -113,6 +113,12 @@ class PromotionASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE  # between rungs, or at the full budget: it ends itself
         score = self.sign * float(result[self._metric])
         self.recorded[rung][trial.trial_id] = score if math.isfinite(score) else -math.inf
+        if done > self.milestones[rung]:
+            # Past the rung without holding there (a resumed search's trial that was running when
+            # the search stopped): its workers are not waiting, so pausing it now would lose the
+            # epochs they go on reporting. Recorded for the others' comparisons; it trains on.
+            self.promoted[rung].add(trial.trial_id)
+            return TrialScheduler.CONTINUE
         if trial.trial_id in self._promotable(rung):  # already among the best: no need to wait
             self.promoted[rung].add(trial.trial_id)
             _decide(trial.trial_id, self.milestones[rung], hold.GO)
