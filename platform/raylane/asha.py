@@ -108,6 +108,16 @@ class PromotionASHA(FIFOScheduler):
         if self._metric not in result or result.get("epoch") is None:
             return TrialScheduler.CONTINUE
         done = int(result["epoch"]) + 1
+        decision = self._decide(trial, done, result)
+        if done in self.milestones[:-1]:
+            # The trial's workers wait after this epoch for an answer: every result there gets
+            # one. (Tune must hand results over one at a time, as it does by default: a buffered
+            # rung result would never be decided while its workers wait.)
+            answer = hold.PAUSE if decision == TrialScheduler.PAUSE else hold.GO
+            internal_kv._internal_kv_put(hold.go_key(hold_key(trial.trial_id), done), answer, overwrite=True)
+        return decision
+
+    def _decide(self, trial: Trial, done: int, result: dict) -> str:
         rung = self._rung_reached(trial.trial_id, done)
         if rung is None or rung == len(self.milestones) - 1:
             return TrialScheduler.CONTINUE  # between rungs, or at the full budget: it ends itself
@@ -121,24 +131,21 @@ class PromotionASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         if trial.trial_id in self._promotable(rung):  # already among the best: no need to wait
             self.promoted[rung].add(trial.trial_id)
-            _decide(trial.trial_id, self.milestones[rung], hold.GO)
             return TrialScheduler.CONTINUE
         self.waiting[trial.trial_id] = rung
         self.paused_total += 1
-        _decide(trial.trial_id, self.milestones[rung], hold.PAUSE)
         return TrialScheduler.PAUSE
 
+    # The trials' rung answers stay until the search ends (`forget`): a worker still reading one
+    # must find it.
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self.waiting.pop(trial.trial_id, None)
-        _forget_keys(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
-        _forget_keys(trial.trial_id)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
-        _forget_keys(trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         """A trial to promote when a slot is free (highest rung first), else a new trial (Tune
@@ -208,10 +215,6 @@ class PromotionASHA(FIFOScheduler):
 
     def _running(self) -> int:
         return sum(trial.status in (Trial.PENDING, Trial.RUNNING) for trial in self.trials.values())
-
-
-def _decide(trial_id: str, epochs_done: int, decision: bytes) -> None:
-    internal_kv._internal_kv_put(hold.go_key(hold_key(trial_id), epochs_done), decision, overwrite=True)
 
 
 def paused_at_rung(trial_id: str, metrics: dict) -> bool:
