@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="both sides' arithmetic (train.precision); bf16 autocast")
     parser.add_argument("--skip-stream", action="store_true", help="measure only plain and memory")
+    parser.add_argument("--auto", action="store_true",
+                        help="also a fit with train.ingest=auto (the default), to see what it picks")
     parser.add_argument("--workdir", default="bench_data/ingest")
     args = parser.parse_args(argv)
 
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         sides = {"memory": raylane_fit(cfg, prepared, tmp + "/runs", "memory")}
         if not args.skip_stream:
             sides["stream"] = raylane_fit(cfg, prepared, tmp + "/runs", "stream")
+        if args.auto:  # the worker prints its choice: "[raylane] worker ingest: ..."
+            sides["auto"] = raylane_fit(cfg, prepared, tmp + "/runs", "auto")
     ray.shutdown()
 
     print(f"[bench] plain loop: {plain:,.0f} samples/s (best epoch {plain_best:,.0f})")
