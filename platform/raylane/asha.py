@@ -78,14 +78,10 @@ class PromotionASHA(FIFOScheduler):
         self.milestones = rungs(grace_period, reduction_factor, max_t)
         self.rf, self.max_concurrent, self.num_samples = reduction_factor, max_concurrent, num_samples
         self.search_id = uuid.uuid4().hex
-        self._init_state()
-
-    def _init_state(self) -> None:
         self.recorded: list[dict[str, float]] = [{} for _ in self.milestones]  # rung -> trial -> score
         self.promoted: list[set[str]] = [set() for _ in self.milestones]  # went on past the rung
         self.waiting: dict[str, int] = {}  # paused trial -> the rung it waits at
         self.trials: dict[str, Trial] = {}
-        self.paused_total = 0
         self.checked_restore = False
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its scheduler before any trial runs
@@ -133,7 +129,6 @@ class PromotionASHA(FIFOScheduler):
             self.promoted[rung].add(trial.trial_id)
             return TrialScheduler.CONTINUE
         self.waiting[trial.trial_id] = rung
-        self.paused_total += 1
         return TrialScheduler.PAUSE
 
     # The trials' rung answers stay until the search ends (`forget`): a worker still reading one
@@ -155,8 +150,8 @@ class PromotionASHA(FIFOScheduler):
             # A restored search's trials come back PENDING, the paused ones too: they stay paused.
             self.checked_restore = True
             for trial_id in self.waiting:
-                if self.trials.get(trial_id) is not None and self.trials[trial_id].status == Trial.PENDING:
-                    tune_controller._set_trial_status(self.trials[trial_id], Trial.PAUSED)
+                if (trial := self.trials.get(trial_id)) is not None and trial.status == Trial.PENDING:
+                    tune_controller._set_trial_status(trial, Trial.PAUSED)
         if self._running() >= self.max_concurrent:
             return None
         promote = self._next_promotion()
