@@ -57,7 +57,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: i
     """Samples/s of each epoch of the loop a PyTorch user writes with the data in memory (on the
     GPU with --gpu)."""
     import torch
-    from raylane.train.model import ModelSpec, build_mlp
+    from raylane.model.network import ModelSpec, build_mlp
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster.connect(cfg)  # as the pipeline starts Ray
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prepared = data.prepare(cfg.data, tmp)
-        x, y = data.to_numpy(prepared.train)
+        batch = prepared.train.take_batch(batch_size=prepared.train.count(), batch_format="numpy")
+        x, y = np.stack(batch["features"]).astype(np.float32), np.asarray(batch["label"])
         print(f"[bench] train split: {len(y):,} rows x {x.shape[1]} features", flush=True)
         plain_rates = plain_loop(x, y, cfg, prepared.input_dim, args.epochs)
         plain, plain_best = statistics.median(plain_rates), max(plain_rates)

@@ -51,7 +51,8 @@ def register_model(workdir: Path) -> tuple[str, np.ndarray, list[str]]:
     import ray
     from raylane import data
     from raylane.config import DataConfig, ModelConfig
-    from raylane.train.quick import train_and_register
+
+    from tests.quick import train_and_register
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")

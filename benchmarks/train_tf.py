@@ -32,8 +32,7 @@ def make_data(rows: int) -> tuple[np.ndarray, np.ndarray]:
 def keras_baseline(x: np.ndarray, y: np.ndarray, epochs: int, batch: int) -> float:
     """Returns samples/s of the last epoch of single-process `model.fit`."""
     import keras
-    from raylane.train.model import ModelSpec
-    from raylane.train.tf_loop import build_keras_mlp
+    from raylane.model.network import ModelSpec, build_keras_mlp
 
     model = build_keras_mlp(ModelSpec(FEATURES, CLASSES, HIDDEN, LAYERS, 0.0))
     model.compile(optimizer=keras.optimizers.Adam(1e-3),

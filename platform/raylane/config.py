@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raylane.errors import ConfigError
+from raylane.task import TASKS, Task, metric_mode, task_named
 
 SKLEARN_SOURCES = ("digits", "wine", "breast_cancer")
 SEARCH_KINDS = ("loguniform", "uniform", "choice", "randint")
@@ -211,10 +212,7 @@ class TuneConfig(_Section):
 
     @property
     def mode(self) -> str:
-        return "max" if self.metric == "val_accuracy" else "min"
-
-
-TASK_METRICS = {"classification": ("val_accuracy", "val_loss"), "regression": ("val_mae", "val_loss")}
+        return metric_mode(self.metric)
 
 
 class TrackingConfig(_Section):
@@ -334,15 +332,20 @@ class PipelineConfig(_Section):
         data, tune = raw.get("data") or {}, raw.get("tune") or {}
         task = data.get("task", "classification") if isinstance(data, dict) else data.task
         given = "metric" in tune if isinstance(tune, dict) else "metric" in tune.model_fields_set
-        if not given and task in TASK_METRICS:
-            tune = {**tune, "metric": TASK_METRICS[task][0]} if isinstance(tune, dict) else \
-                tune.model_copy(update={"metric": TASK_METRICS[task][0]})
+        if not given and task in TASKS:
+            tune = {**tune, "metric": TASKS[task].val_metric} if isinstance(tune, dict) else \
+                tune.model_copy(update={"metric": TASKS[task].val_metric})
             return {**raw, "tune": tune}
         return raw
 
+    @property
+    def task(self) -> Task:
+        """The learning task of `data.task`: its metric names, direction and loss."""
+        return task_named(self.data.task)
+
     @model_validator(mode="after")
     def _metric_fits_the_task(self) -> PipelineConfig:
-        allowed = TASK_METRICS[self.data.task]
+        allowed = self.task.search_metrics
         if self.tune.metric not in allowed:
             raise ValueError(f"tune.metric: {self.tune.metric!r} does not apply to data.task "
                              f"{self.data.task!r}; one of {', '.join(allowed)}")

@@ -27,3 +27,11 @@ class StorageError(RaylaneError):
 
 class TrackingError(RaylaneError):
     """The MLflow tracking store is unreachable or refuses what raylane records."""
+
+
+class ModelFormatError(RaylaneError):
+    """A saved model or checkpoint was written in a format this raylane cannot read."""
+
+
+class PromotionRefused(RaylaneError):
+    """The champion gate refused to move an alias (the candidate is not better, or not comparable)."""

@@ -1,15 +1,21 @@
-"""One line per pipeline stage, with its duration, so long work is never silent."""
+"""One log line per pipeline stage, with its duration, so long work is never silent.
+
+The library logs (`logging.getLogger(__name__)` everywhere); the CLI's handler
+(`raylane.cli.show_progress`) prints the records as `[raylane] ...` lines.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import time
 from collections.abc import Iterator
 
+logger = logging.getLogger("raylane")
+
 
 def say(message: str) -> None:
-    print(f"[raylane] {message}", file=sys.stdout, flush=True)
+    logger.info(message)
 
 
 @contextlib.contextmanager

@@ -1,40 +1,31 @@
-"""Moving the champion alias: the pipeline's gate, `raylane promote` and `raylane rollback`.
+"""The model registry's aliases: the champion gate, `raylane promote` and `raylane rollback`.
+
+There is one gate (`judge`), for the pipeline and for a move by hand: a version takes the alias
+only when its test metric is strictly better than the current holder's (higher accuracy, lower
+MAE); a tie keeps the current one. A version judged by another metric (another task) is not
+comparable. A refused move by hand can be forced, and the override is recorded.
 
 Every move is recorded twice in the registry: on the version (`raylane.promotion`, the decision
 and its reason) and on the registered model (`raylane.<alias>.history`, the ordered list of moves),
 which is what `rollback` replays. A running endpoint that follows the alias switches by itself.
-
-    raylane promote digits 7            # gated: refused if v7's test metric is worse than the champion's
-                                        # (test_accuracy lower, or for regression test_mae higher)
-    raylane promote digits 7 --force    # recorded as forced
-    raylane rollback digits             # back to the champion before the current one
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from raylane.errors import ModelNotFoundError, RaylaneError
+from raylane import env
+from raylane.config import ModelConfig
+from raylane.errors import ModelNotFoundError, PromotionRefused, RaylaneError, TrackingError
+from raylane.task import CLASSIFICATION, task_judged_by
 
-TEST_METRIC = "test_accuracy"
 GATE_TAG = "raylane.gate_metric"  # which test metric a version is judged by
-LOWER_IS_BETTER = {"test_mae"}
-
-
-def gate_metric(version: Any) -> str:
-    return version.tags.get(GATE_TAG, TEST_METRIC)
-
-
-def worse(metric: str, new: float, old: float) -> bool:
-    """True if `new` is worse than `old` on `metric` (higher accuracy, lower error is better)."""
-    return new > old if metric in LOWER_IS_BETTER else new < old
+PROMOTION_TAG = "raylane.promotion"
+RUN_ID_TAG = "raylane.run_id"
 HISTORY_LIMIT = 50
 HISTORY_CHARS = 4_500
 
@@ -74,15 +65,27 @@ def move_alias(client: Any, name: str, alias: str, version: str, action: str, re
     return Move(str(version), previous, reason)
 
 
-def alias_version(client: Any, name: str, alias: str) -> str | None:
+def alias_holder(client: Any, name: str, alias: str) -> Any | None:
+    """Returns the version the alias points at, None if it is unset; other registry errors raise,
+    so a flaky store never makes the gate promote by default."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
         if is_missing(err):
             return None
         raise
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    holder = alias_holder(client, name, alias)
+    return None if holder is None else str(holder.version)
+
+
+def gate_metric(version: Any) -> str:
+    """The test metric a registered version is judged by (older versions: test_accuracy)."""
+    return version.tags.get(GATE_TAG, CLASSIFICATION.test_metric)
 
 
 def metric_of(version: Any, metric: str | None = None) -> float | None:
@@ -92,33 +95,54 @@ def metric_of(version: Any, metric: str | None = None) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision on a candidate for an alias, and why, in words a reviewer can read."""
+
+    allowed: bool
+    reason: str
+
+
+def judge(alias: str, candidate: str, metric: str, score: float | None, holder: Any | None) -> Verdict:
+    """The champion gate: may version `candidate`, scoring `score` on `metric`, take `alias` from
+    `holder` (the registry's current version, None if the alias is unset)? Only if strictly better."""
+    if holder is None:
+        return Verdict(True, f"no {alias} yet" + ("" if score is None else f"; {metric}={score:.4f}"))
+    current = f"{alias} v{holder.version}"
+    if gate_metric(holder) != metric:
+        return Verdict(False, f"{current} is judged by {gate_metric(holder)}, v{candidate} by {metric}: "
+                              "not comparable")
+    if score is None:
+        return Verdict(False, f"v{candidate} has no {metric} tag to compare with {current}")
+    old = metric_of(holder, metric)
+    if old is None:
+        return Verdict(True, f"{metric} {score:.4f} beats {current}'s (none recorded)")
+    task = task_judged_by(metric) or CLASSIFICATION
+    if task.better(score, old):
+        return Verdict(True, f"{metric} {score:.4f} beats {current}'s {old:.4f}")
+    if score == old:
+        return Verdict(False, f"{metric} {score:.4f} does not beat {current}'s {old:.4f} (a tie keeps "
+                              f"v{holder.version})")
+    side = "below" if task.higher_is_better else "above"
+    return Verdict(False, f"{metric} {score:.4f} is {side} {current}'s {old:.4f}, so it does not beat it")
+
+
 def promote(client: Any, name: str, version: str, alias: str = "champion", force: bool = False) -> Move:
-    """Moves the alias to `version` if its test metric is not below the current one's (or `force`)."""
+    """Moves the alias to `version` if the gate allows it (or `force`); PromotionRefused otherwise."""
     candidate = _get_version(client, name, version)
-    current = alias_version(client, name, alias)
-    if current == str(version):
-        return Move(str(version), current, f"v{version} already is {alias}")
+    holder = alias_holder(client, name, alias)
+    if holder is not None and str(holder.version) == str(version):
+        return Move(str(version), str(version), f"v{version} already is {alias}")
     metric = gate_metric(candidate)
-    new = metric_of(candidate, metric)
-    old = metric_of(client.get_model_version(name, current), metric) if current else None
-    lower = "above" if metric in LOWER_IS_BETTER else "below"
-    if current is None:
-        reason = f"no {alias} yet"
-    elif new is None:
-        reason = f"v{version} has no {metric} tag to compare with {alias} v{current}"
-    elif old is None or not worse(metric, new, old):
-        reason = f"{metric} {new:.4f} is not {lower} {alias} v{current}'s " + \
-            ("(none recorded)" if old is None else f"{old:.4f}")
-    else:
-        reason = f"{metric} {new:.4f} is {lower} {alias} v{current}'s {old:.4f}"
-    refused = current is not None and (new is None or (old is not None and worse(metric, new, old)))
-    if refused and not force:
-        raise RaylaneError(f"not promoting {name} v{version} to {alias}: {reason} "
-                           "(pass --force to promote it anyway; the override is recorded)")
-    action = "promote (forced)" if refused else "promote"
-    move = move_alias(client, name, alias, str(version), action, reason)
-    client.set_model_version_tag(name, str(version), "raylane.promotion", f"promoted by hand: {reason}"
-                                 + (" (forced)" if refused else ""))
+    verdict = judge(alias, str(version), metric, metric_of(candidate, metric), holder)
+    if not verdict.allowed and not force:
+        raise PromotionRefused(f"not promoting {name} v{version} to {alias}: {verdict.reason} "
+                               "(pass --force to promote it anyway; the override is recorded)")
+    forced = not verdict.allowed
+    move = move_alias(client, name, alias, str(version), "promote (forced)" if forced else "promote",
+                      verdict.reason)
+    client.set_model_version_tag(name, str(version), PROMOTION_TAG, f"promoted by hand: {verdict.reason}"
+                                 + (" (forced)" if forced else ""))
     return move
 
 
@@ -147,7 +171,7 @@ def rollback(client: Any, name: str, alias: str = "champion") -> Move:
     _get_version(client, name, target)
     reason = f"rolled back from v{current}"
     move = move_alias(client, name, alias, target, "rollback", reason)
-    client.set_model_version_tag(name, target, "raylane.promotion", f"restored as {alias}: {reason}")
+    client.set_model_version_tag(name, target, PROMOTION_TAG, f"restored as {alias}: {reason}")
     return move
 
 
@@ -169,52 +193,70 @@ def is_missing(err: Exception) -> bool:
 
 def _who() -> str:
     try:
-        return os.environ.get("RAYLANE_USER") or getpass.getuser()
+        return env.RAYLANE_USER.get() or getpass.getuser()
     except Exception:  # no user database entry in some containers
         return "unknown"
 
 
-# --- the `raylane promote` / `raylane rollback` commands -----------------------------------------
-def _parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"raylane {command}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="registered model name, e.g. digits")
-    if command == "promote":
-        parser.add_argument("version", help="model version to make the alias point at")
-        parser.add_argument("--force", action="store_true",
-                            help="promote even if its test metric is worse than the current version's, "
-                                 "or measured differently (another task)")
-    parser.add_argument("--alias", default="champion", help="alias to move (default: champion)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-                        "else sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
-    return parser
+@dataclass(frozen=True)
+class Promotion:
+    """What the champion gate decided for a newly registered version."""
+
+    version: str
+    promoted: bool
+    reason: str
+    previous_version: str | None
+
+    @property
+    def summary(self) -> str:
+        return f"{'promoted' if self.promoted else 'kept'}: {self.reason}"
 
 
-def main(command: str, argv: list[str]) -> int:
-    """`raylane promote NAME VERSION` and `raylane rollback NAME`."""
+def register_if_better(cfg: ModelConfig, model: Any) -> Promotion:
+    """Registers a logged model (`raylane.tracking.LoggedModel`) with its scores; the gate decides
+    whether it takes the champion alias. Recorded on the version and the active MLflow run."""
+    import mlflow
     from mlflow import MlflowClient
 
-    from raylane.cli import run_main
-    from raylane.config import TrackingConfig
-    from raylane.tracking import resolve_tracking_uri
-
-    args = _parser(command).parse_args(argv)
-
-    def run() -> int:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        uri = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        client = MlflowClient(uri)
-        if command == "promote":
-            move = promote(client, args.name, args.version, args.alias, args.force)
-        else:
-            move = rollback(client, args.name, args.alias)
-        was = f" (was v{move.previous})" if move.previous and move.previous != move.version else ""
-        print(f"{args.name}@{args.alias} -> v{move.version}{was}: {move.reason}", flush=True)
-        return 0
-
-    return run_main(run, args.verbose)
+    client = MlflowClient()
+    version = str(mlflow.register_model(model.model_uri, cfg.name).version)
+    tags = {model.test_metric: f"{model.test_score:.6f}", model.val_metric: f"{model.val_score:.6f}",
+            GATE_TAG: model.test_metric, RUN_ID_TAG: model.run_id, "raylane.params": json.dumps(model.params)}
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.name, version, key, value)
+    holder = alias_holder(client, cfg.name, cfg.champion_alias)
+    verdict = judge(cfg.champion_alias, version, model.test_metric, model.test_score, holder)
+    reason = verdict.reason
+    if holder is not None and gate_metric(holder) != model.test_metric:
+        reason += f"; `raylane promote {cfg.name} {version} --force` to switch"
+    if verdict.allowed:
+        move_alias(client, cfg.name, cfg.champion_alias, version, "promote", reason)
+    promotion = Promotion(version, verdict.allowed, reason, holder.version if holder else None)
+    client.set_model_version_tag(cfg.name, version, PROMOTION_TAG, promotion.summary)
+    mlflow.set_tags({"raylane.model_version": version, PROMOTION_TAG: promotion.summary})
+    return promotion
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2:]))
+def version_registered_by(name: str, run_id: str) -> Any | None:
+    """Returns the version of model `name` that the pipeline run `run_id` registered, if any."""
+    from mlflow import MlflowClient
+
+    found = [v for v in MlflowClient().search_model_versions(f"name = '{name}'")
+             if v.tags.get(RUN_ID_TAG) == run_id]
+    return found[0] if found else None
+
+
+def champion_version(tracking_uri: str, name: str, alias: str) -> str:
+    """Returns the version the alias points at; ModelNotFoundError naming what is missing."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = alias_version(MlflowClient(tracking_uri), name, alias)
+    except MlflowException as err:
+        raise TrackingError(f"cannot read model {name!r} from {tracking_uri}: {err}") from err
+    if version is None:
+        raise ModelNotFoundError(
+            f"no version of model {name!r} has the alias {alias!r} in {tracking_uri}; "
+            "run the pipeline first (raylane run) to register one")
+    return version

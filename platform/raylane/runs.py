@@ -51,7 +51,7 @@ def new_run_name(cfg: PipelineConfig) -> str:
 
 def check_new(storage_path: str, run_name: str) -> None:
     """ConfigError if a run of this name already exists (runs are never overwritten)."""
-    if storage.run_directory_exists(storage_path, run_name):
+    if storage.read_text(storage.join(storage_path, run_name, RECORD_FILE)) is not None:
         raise ConfigError(f"--run-name {run_name!r} already exists under {storage_path}: continue it with "
                           f"--resume {run_name}, or choose another name (runs are never overwritten)")
 

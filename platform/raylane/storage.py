@@ -35,12 +35,6 @@ def split(storage_path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), storage_path
 
 
-def run_directory_exists(storage_path: str, run_name: str) -> bool:
-    """Returns True if a pipeline run of this name already left state in storage."""
-    fs, root = split(join(storage_path, run_name))
-    return fs.get_file_info(root).type != pafs.FileType.NotFound
-
-
 def read_text(path: str) -> str | None:
     """Returns the text of the file at a local path or URI, None if there is none."""
     fs, inner = split(path)

@@ -7,23 +7,37 @@ TorchTrainer whose `TuneReportCallback` forwards every epoch's report (and check
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
+import re
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.train.v2._internal.execution.callback import ControllerCallback
 
-from raylane import asha, storage
-from raylane.cluster import TRAIN_POLL_ENV, TRAIN_POLL_S
+from raylane import asha, env, storage
+from raylane._compat.ray import (
+    controller_callback,
+    kv_delete,
+    kv_get,
+    kv_put,
+    trial_iteration,
+    trial_stop_event,
+)
 from raylane.config import PipelineConfig, SearchDim, TuneConfig
 from raylane.data import PreparedData
 from raylane.errors import TrainingError
 from raylane.storage import filesystem, path_exists
+from raylane.task import ALL_EPOCH_METRICS, EPOCH
+from raylane.train.report import epoch_of
 from raylane.train.trainer import build_trainer
+
+log = logging.getLogger(__name__)
 
 # A trial's own driver does no work besides waiting on its trainer; it must not hold a CPU slot
 # that the trainer's workers or Ray Data need (2-core machines deadlock otherwise).
@@ -67,48 +81,44 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     The trainer's run is named after the trial, so a trial started again (a resumed pipeline)
     finds its run's checkpoints and continues from the latest. A trial Tune stops (ASHA) ends its
     fit at once, so Tune can hand this process to the next trial (`reuse_actors`)."""
-    from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # The trial's own process starts the Train controller, which takes Train's settings from this
-    # process's environment: on a cluster it is not the driver's (see raylane.cluster.connect).
-    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
-    # How long Tune waits for a stopped trial's thread before it gives this process to the next
-    # trial (its default is 2 s); killing the fit's controller takes well under that.
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
+    # process's environment; raylane.cluster.connect gives them to every Ray process, and this
+    # covers a Ray that something else started (a test, a notebook).
+    env.apply(env.TRAIN)
     trial_id = tune.get_context().get_trial_id()
-    session = get_session()
+    stop_event = trial_stop_event()
     controller = _ControllerHandle(f"{controller_keys}{trial_id}:{uuid.uuid4().hex}")
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
-        callbacks=[TuneReportCallback(), controller], loop_extra=asha.hold_config(cfg, trial_id),
+        callbacks=[TuneReportCallback(), controller], hold=asha.hold_config(cfg, trial_id),
     )
-    reported_before = session.iteration
-    with _stopped_with(session.stop_event, controller):
+    reported_before = trial_iteration()
+    with _stopped_with(stop_event, controller):
         try:
             result = trainer.fit()
         except Exception:
-            if session.stop_event.is_set():
+            if stop_event.is_set():
                 return  # stopped by Tune: the fit was ended on purpose, nothing is lost
             raise
     if asha.paused_at_rung(trial_id, result.metrics or {}):
         # Its fit ended at a rung (asha_promotion): wait, without workers, until Tune has paused
         # the trial (it stops this process or hands it to another trial). A promotion runs this
         # function again, and the fit continues from the rung's checkpoint.
-        session.stop_event.wait()
+        stop_event.wait()
         return
-    if session.iteration == reported_before and result.checkpoint is not None:
+    if trial_iteration() == reported_before and result.checkpoint is not None:
         # Resumed after its last epoch (killed between the final checkpoint and the end of the
         # trial): the loop had nothing left to report, but Tune still needs the trial's result.
         tune.report({**result.metrics, "checkpoint_path": result.checkpoint.path})
 
 
-# Seconds Tune waits for a stopped trial's thread to end before it gives up reusing the process.
-REUSE_WAIT_S = 20
+# (How long Tune waits for a stopped trial's thread before reusing its process: raylane.env.)
 ABORT_WAIT_S = 5  # for a Train controller to abort before it is killed
 
 
-class _ControllerHandle(ControllerCallback):
+class _ControllerHandle(controller_callback()):
     """Publishes the Train controller's actor handle under `key` in Ray's key-value store, from the
     controller's own process, so that the trial that started the fit can end it."""
 
@@ -117,22 +127,20 @@ class _ControllerHandle(ControllerCallback):
 
     def after_controller_start(self, train_run_context: Any) -> None:
         import ray
-        from ray.experimental import internal_kv
 
         try:
             handle = ray.get_runtime_context().current_actor
-            internal_kv._internal_kv_put(self.key, ray.cloudpickle.dumps(handle), overwrite=True)
+            kv_put(self.key, ray.cloudpickle.dumps(handle))
         except Exception as err:  # the fit goes on; only an early stop would wait for it
-            print(f"[raylane] cannot publish the Train controller ({err}); a stopped trial will "
-                  "run its fit to the end", flush=True)
+            log.warning("cannot publish the Train controller (%s); a stopped trial will run its fit "
+                        "to the end", err)
 
     def end(self) -> bool:
         """Ends the fit: the controller aborts (its workers, then its placement group), or is
         killed if it does not within seconds. False while the controller has not published itself."""
         import ray
-        from ray.experimental import internal_kv
 
-        published = internal_kv._internal_kv_get(self.key)
+        published = kv_get(self.key)
         if published is None:
             return False
         handle = ray.cloudpickle.loads(published)
@@ -144,9 +152,7 @@ class _ControllerHandle(ControllerCallback):
         return True
 
     def forget(self) -> None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_del(self.key)
+        kv_delete(self.key)
 
 
 @contextlib.contextmanager
@@ -166,7 +172,7 @@ def _stopped_with(stop: threading.Event, controller: _ControllerHandle) -> Itera
                         if controller.end():
                             return
                     except Exception as err:  # Ray unreachable for a moment: try again
-                        print(f"[raylane] cannot end the stopped trial's fit yet: {err}", flush=True)
+                        log.warning("cannot end the stopped trial's fit yet: %s", err)
                     done.wait(0.5)
                 return
 
@@ -219,10 +225,8 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
 
 
 def _forget_controllers(prefix: str) -> None:
-    from ray.experimental import internal_kv
-
     try:
-        internal_kv._internal_kv_del(prefix, del_by_prefix=True)
+        kv_delete(prefix, by_prefix=True)
     except Exception:  # Ray already down (the search was interrupted): nothing is left to clear
         pass
 
@@ -253,7 +257,9 @@ def _run_search(cfg: PipelineConfig, trainable: Any, run_name: str, storage_path
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=storage.join(storage_path, run_name),
-            callbacks=list(callbacks), verbose=1,
+            # Tune's own tables are off (they and Ray's output go to the run's log file): raylane's
+            # compact lines instead.
+            callbacks=[TrialProgress(tc.metric, tc.mode, cfg.train.epochs), *callbacks], verbose=0,
             # A trial whose own driver or Train controller died with its node is started again;
             # its trainer then continues from the run's latest checkpoint. Bounded like the workers.
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
@@ -298,7 +304,7 @@ def best_trial(results: Any, tc: TuneConfig, fs: Any = None) -> BestTrial:
         frame = frame[frame["checkpoint_path"].map(lambda p: isinstance(p, str) and path_exists(p, fs))]
         if frame.empty:
             continue
-        ordered = frame.sort_values([tc.metric, "epoch"], ascending=[tc.mode == "min", False])
+        ordered = frame.sort_values([tc.metric, EPOCH], ascending=[tc.mode == "min", False])
         rows.append((result, ordered.iloc[0]))
     if not rows:
         errors = [str(r.error) for r in results if r.error]
@@ -310,9 +316,105 @@ def best_trial(results: Any, tc: TuneConfig, fs: Any = None) -> BestTrial:
     return BestTrial(
         trial_id=str(best.get("trial_id", "")),
         hyperparams=dict(result.config),
-        metrics={k: best[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mae")
+        metrics={k: best[k] for k in (EPOCH, *ALL_EPOCH_METRICS)
                  if k in best},
         checkpoint_path=str(best["checkpoint_path"]),
         results_table=results.get_dataframe(),
         results=results,
     )
+
+
+TABLE_EVERY_S = 30  # how often the live trials' table is logged while a search runs
+ERROR_LINES = 10  # of a failed trial's error, the last lines logged
+
+
+class TrialProgress(tune.Callback):
+    """Logs the search as it goes, since Tune's own output is off (`verbose=0`): a line when a
+    trial starts, finishes, is stopped or fails (with its error's last lines), a table of the live
+    trials every `every_s` seconds, and one of every trial at the end."""
+
+    def __init__(self, metric: str, mode: str, epochs: int, every_s: float = TABLE_EVERY_S) -> None:
+        self.metric, self.epochs, self.every_s = metric, epochs, every_s
+        self.sign = 1 if mode == "max" else -1
+        self.best: dict[str, tuple[float, int]] = {}  # trial id -> (best metric, epochs done then)
+        self.done: dict[str, int] = {}  # trial id -> epochs done
+        self.last_table = time.time()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.done:  # promoted from a rung, or started again after a failure
+            log.info("trial %s continues after epoch %d", trial.trial_id, self.done[trial.trial_id])
+            return
+        params = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+        log.info("trial %s started: %s", trial.trial_id, ", ".join(params))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        epoch = epoch_of(result)
+        if epoch is None:
+            return
+        done = self.done[trial.trial_id] = epoch + 1
+        value = result.get(self.metric)
+        best = self.best.get(trial.trial_id)
+        if isinstance(value, int | float) and (best is None or self.sign * value > self.sign * best[0]):
+            self.best[trial.trial_id] = (float(value), done)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = self.done.get(trial.trial_id, 0)
+        how = "finished" if done >= self.epochs else "stopped by the scheduler"
+        log.info("trial %s %s after %d/%d epochs; %s", trial.trial_id, how, done, self.epochs,
+                 self._best_text(trial.trial_id))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tail = _error_tail(trial)
+        log.warning("trial %s failed %s and starts again from its last checkpoint: %s", trial.trial_id,
+                    self._when(trial.trial_id), tail[-1] if tail else "")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log.error("trial %s failed %s; the end of its error (all of it: %s):", trial.trial_id,
+                  self._when(trial.trial_id), trial.error_file or trial.path)
+        for line in _error_tail(trial):
+            log.error("    %s", line)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        live = [t for t in trials if t.status in ("RUNNING", "PAUSED", "PENDING")]
+        if live and time.time() - self.last_table >= self.every_s:
+            self._table(trials, live, "trials now")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        def rank(trial: Any) -> float:  # the best first, trials without a metric last
+            best = self.best.get(trial.trial_id)
+            return -self.sign * best[0] if best else float("inf")
+
+        self._table(trials, sorted(trials, key=rank), "trials at the end")
+
+    def _table(self, trials: list, shown: list, title: str) -> None:
+        self.last_table = time.time()
+        counts = Counter(t.status.lower() for t in trials)
+        log.info("%s: %s", title, ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        log.info("  %-12s %-11s %-7s %s", "trial", "status", "epochs", f"best {self.metric}")
+        for t in shown:
+            best = self.best.get(t.trial_id)
+            epochs = f"{self.done.get(t.trial_id, 0)}/{self.epochs}"
+            log.info("  %-12s %-11s %-7s %s", t.trial_id, t.status, epochs,
+                     f"{best[0]:.4f} (epoch {best[1]})" if best else "-")
+
+    def _when(self, trial_id: str) -> str:
+        done = self.done.get(trial_id, 0)
+        return f"after epoch {done}/{self.epochs}" if done else "before its first epoch ended"
+
+    def _best_text(self, trial_id: str) -> str:
+        best = self.best.get(trial_id)
+        return f"best {self.metric} {best[0]:.4f} (epoch {best[1]})" if best else f"no {self.metric} reported"
+
+
+def _error_tail(trial: Any, lines: int = ERROR_LINES) -> list[str]:
+    """The last lines of a trial's error: Tune's error file beside the driver, else the stored copy."""
+    text = None
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text(encoding="utf-8", errors="replace")
+        else:
+            text = trial.get_error()
+    except Exception as err:  # the error text is a courtesy; never fail the search over it
+        text = f"(cannot read the trial's error: {err})"
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text or "")  # Ray colours the worker's name
+    return [line for line in plain.splitlines() if line.strip()][-lines:]

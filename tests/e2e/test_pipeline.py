@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from raylane import data, tracking
+from raylane import data, registry, tracking
 from raylane.config import load_config
 
 from pipelines import serve as serve_pipeline
@@ -188,7 +188,7 @@ def test_a_worse_model_does_not_take_the_champion_alias(pipeline) -> None:
     source = champion.source  # the logged model behind the champion
     worse = tracking.LoggedModel(source, pipeline["parent"].info.run_id, 0.05, 0.05, {"lr": 1.0})
     with mlflow.start_run(run_id=pipeline["parent"].info.run_id):
-        promotion = tracking.register_if_better(pipeline["cfg"].model, worse)
+        promotion = registry.register_if_better(pipeline["cfg"].model, worse)
     assert not promotion.promoted and promotion.previous_version == champion.version
     assert "does not beat" in promotion.reason
     assert client.get_model_version_by_alias("digits", "champion").version == champion.version

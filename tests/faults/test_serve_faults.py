@@ -32,7 +32,8 @@ def champion(tmp_path_factory):
     import ray
     from raylane import data
     from raylane.config import DataConfig, ModelConfig
-    from raylane.train.quick import train_and_register
+
+    from tests.quick import train_and_register
 
     tmp = tmp_path_factory.mktemp("replica-kill")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -100,7 +101,7 @@ def test_replica_killed_under_load_is_replaced_without_losing_requests(champion,
         assert len(during) > 100
         if proxy == "haproxy":
             # Replayed: every request the dying replica had not answered. A response leaves the
-            # replica in one write (raylane.serving.oneshot), so none is cut after its headers.
+            # replica in one write (raylane._compat.uvicorn), so none is cut after its headers.
             assert not failures, failures
         else:
             assert len(failures) <= CLIENTS, outcomes  # at most the requests in flight at the kill

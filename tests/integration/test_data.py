@@ -16,6 +16,12 @@ from tests.s3_server import s3_bucket
 from tests.typed_data import BAD_LINES, FEATURES, customers, write_csv
 
 
+def to_numpy(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (features, label) arrays of a small prepared split."""
+    batch = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")
+    return np.stack(batch["features"]).astype(np.float32), np.asarray(batch["label"])
+
+
 @pytest.fixture(scope="module")
 def digits(ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
@@ -42,17 +48,17 @@ def test_split_is_deterministic_for_a_seed(digits, tmp_path) -> None:
     prepared, _ = digits
     again = data.prepare(DataConfig(source="sklearn:digits"), str(tmp_path))
     assert again.digest == prepared.digest and again.num_rows == prepared.num_rows
-    _, y1 = data.to_numpy(prepared.test)
-    _, y2 = data.to_numpy(again.test)
+    _, y1 = to_numpy(prepared.test)
+    _, y2 = to_numpy(again.test)
     assert sorted(y1) == sorted(y2)
     other = data.prepare(DataConfig(source="sklearn:digits", seed=1), str(tmp_path))
-    assert other.num_rows != prepared.num_rows or sorted(data.to_numpy(other.test)[1]) != sorted(y1)
+    assert other.num_rows != prepared.num_rows or sorted(to_numpy(other.test)[1]) != sorted(y1)
 
 
 def test_scaling_is_fitted_on_train_only(digits) -> None:
     prepared, _ = digits
-    x_train, _ = data.to_numpy(prepared.train)
-    x_test, _ = data.to_numpy(prepared.test)
+    x_train, _ = to_numpy(prepared.train)
+    x_test, _ = to_numpy(prepared.test)
     varying = np.array([c.std != 1.0 for c in prepared.preprocessor.columns])
     assert np.allclose(x_train.mean(axis=0), 0, atol=1e-4)
     assert np.allclose(x_train.std(axis=0)[varying], 1, atol=1e-3)
@@ -107,7 +113,7 @@ def test_missing_numeric_values_are_imputed_with_the_train_mean(ray_local, tmp_p
     prepared = data.prepare(DataConfig(source=str(path), label_column="y"), str(tmp_path / "s"))
     column = prepared.preprocessor.columns[0]
     assert column.kind == "numeric" and 80 < column.fill < 120 and column.fill == column.mean
-    assert np.isfinite(data.to_numpy(prepared.train)[0]).all()
+    assert np.isfinite(to_numpy(prepared.train)[0]).all()
     assert sum(prepared.num_rows.values()) == 200 and prepared.bad_rows == 0
 
 
@@ -150,7 +156,7 @@ def test_bad_rows_dropped_are_counted_exactly_with_a_sample(ray_local, tmp_path)
     for line, (_, problem) in zip(range(302, 306), BAD_LINES, strict=True):
         expected = f"part-1.csv line {line}: {problem}"
         assert any(expected in s for s in prepared.bad_sample), prepared.bad_sample
-    x, _ = data.to_numpy(prepared.train)
+    x, _ = to_numpy(prepared.train)
     assert x.shape[1] == 6 and np.isfinite(x).all()  # missing ages and cities encoded, not dropped
 
 
@@ -219,7 +225,7 @@ def test_labels_typed_differently_by_each_csv_file_are_the_same_classes(ray_loca
 
 
 def _sorted_split(dataset) -> tuple[np.ndarray, np.ndarray]:
-    x, y = data.to_numpy(dataset)
+    x, y = to_numpy(dataset)
     order = np.lexsort(x.T[::-1])
     return x[order], y[order]
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from raylane import data
 from raylane.config import load_config
-from raylane.train.tf_loop import load_model
+from raylane.model.checkpoint import load_keras_model as load_model
 from raylane.train.trainer import build_trainer
 
 pytest.importorskip("tensorflow", reason="the [tf] extra is part of the dev install")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from raylane import data
 from raylane.config import load_config
-from raylane.train.torch_loop import load_model
+from raylane.model.checkpoint import load_torch_model as load_model
 from raylane.train.trainer import build_trainer
 
 

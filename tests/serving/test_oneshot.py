@@ -1,4 +1,4 @@
-"""A replica's response leaves in one socket write (raylane.serving.oneshot), on a real uvicorn
+"""A replica's response leaves in one socket write (raylane._compat.uvicorn), on a real uvicorn
 server over 127.0.0.1: the first bytes a client receives hold the headers and the body, even
 when the app sends the body well after the headers; HEAD, chunked and empty responses still work."""
 
@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 import uvicorn
-from raylane.serving import oneshot
+from raylane._compat.uvicorn import install_one_write_responses
 
 
 async def _app(scope, receive, send):
@@ -32,7 +32,7 @@ async def _app(scope, receive, send):
 
 @pytest.fixture(scope="module", params=["httptools", "h11"])
 def server(request):
-    oneshot.install()
+    install_one_write_responses()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

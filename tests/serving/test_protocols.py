@@ -272,6 +272,21 @@ def test_huge_body_is_413_and_wrong_method_405(endpoint) -> None:
     assert client.get("/v1/models/digits:predict").status_code == 405
 
 
+def test_huge_streamed_body_is_413_in_each_protocols_shape(endpoint) -> None:
+    """No Content-Length to refuse early: the limit trips while the body is read."""
+    def chunks():
+        yield b'{"instances": [['
+        for _ in range(100):
+            yield b"0," * 2_000
+        yield b"0]]}"
+
+    client = endpoint["client"]
+    for path in ("/v1/models/digits:predict", "/v2/models/digits/infer", "/invocations"):
+        huge = client.post(path, content=chunks(), headers={"content-type": "application/json"})
+        assert huge.status_code == 413 and "max_body_bytes" in huge.json()["error"], (path, huge.text)
+    assert huge.json()["message"] == huge.json()["error"]  # /invocations: MLflow's shape
+
+
 def test_openapi_describes_every_protocol_with_the_model_schema(endpoint) -> None:
     spec = httpx.get(f"{endpoint['url']}/openapi.json").json()
     for path in ("/v1/models/{name}:predict", "/v2/models/{name}/infer",

@@ -19,7 +19,8 @@ from tests.typed_data import FEATURES, customers, write_csv
 def endpoint(ray_local, serve_port, tmp_path_factory):
     import mlflow
     from raylane import data
-    from raylane.train.quick import train_and_register
+
+    from tests.quick import train_and_register
 
     tmp = tmp_path_factory.mktemp("typed")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

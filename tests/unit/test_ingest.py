@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import pytest
 import torch
+from raylane.model.network import ModelSpec
 from raylane.train import ingest
+from raylane.train.loop_config import WorkerLoopConfig
 
 CPU = torch.device("cpu")
 
 
+def loop(ingest: str = "auto", train_rows: int = 0, val_rows: int = 0,
+         ingest_memory_fraction: float = 0.25) -> WorkerLoopConfig:
+    return WorkerLoopConfig(
+        spec=ModelSpec(64, 10, 32, 1, 0.0), task="classification", lr=1e-3, weight_decay=0.0,
+        batch_size=32, epochs=1, seed=0, cpus_per_worker=1, precision="fp32", ingest=ingest,
+        ingest_memory_fraction=ingest_memory_fraction, train_rows=train_rows, val_rows=val_rows)
+
+
 @pytest.mark.parametrize("mode", ["memory", "stream"])
 def test_an_explicit_mode_is_kept(mode) -> None:
-    chosen, why = ingest.choose({"ingest": mode, "train_rows": 10**12}, CPU, 1, 1, row_bytes=264)
+    chosen, why = ingest.choose(loop(mode, train_rows=10**12), CPU, 1, 1, row_bytes=264)
     assert chosen == mode and f"train.ingest={mode}" in why
 
 
 def test_auto_reads_a_small_shard_into_memory_and_streams_one_too_large() -> None:
-    small = {"ingest": "auto", "train_rows": 140_000, "val_rows": 30_000, "ingest_memory_fraction": 0.25}
+    small = loop("auto", train_rows=140_000, val_rows=30_000, ingest_memory_fraction=0.25)
     mode, why = ingest.choose(small, CPU, local_workers=2, world_size=2, row_bytes=264)
     assert mode == "memory" and "MiB" in why
-    huge = {**small, "train_rows": 10**13}
+    huge = loop("auto", train_rows=10**13, val_rows=30_000, ingest_memory_fraction=0.25)
     mode, why = ingest.choose(huge, CPU, local_workers=2, world_size=2, row_bytes=264)
     assert mode == "stream" and "budget" in why
-    assert ingest.choose({"ingest": "auto"}, CPU, 1, 1, row_bytes=264)[0] == "stream"  # size unknown
+    assert ingest.choose(loop("auto"), CPU, 1, 1, row_bytes=264)[0] == "stream"  # size unknown
 
 
 def test_in_memory_batches_cover_every_row_once_in_a_new_order_each_epoch() -> None:

@@ -1,19 +1,22 @@
-"""Pure-logic pieces of serving: token checks, the canary split, V2 tensor parsing, the serve
-config file and the deployment options built from it."""
+"""Pure-logic pieces of serving: token checks, the canary split, V2 tensor parsing, the error
+table, the serve config file and the deployment options built from it."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from raylane.config import AuthConfig, load_config
-from raylane.errors import ConfigError
+from raylane.config import AuthConfig, ModelConfig, ServeConfig, load_config
+from raylane.errors import ConfigError, ModelNotFoundError
 from raylane.serving.auth import TokenAuth
+from raylane.serving.errors import InvalidInput, PayloadTooLarge, UnprocessableEntity, UnsupportedMediaType
 from raylane.serving.model import LoadedModel, ServeArgs
-from raylane.serving.protocols import BadInput, parse_v2, v2_matrix, v2_response
+from raylane.serving.protocols.v1 import rows_to_matrix
+from raylane.serving.protocols.v2 import parse_v2, v2_matrix, v2_response
 from raylane.serving.rollout import TrafficSplit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +77,47 @@ def test_v2_binary_input_and_output_round_trip() -> None:
     (b'{"inputs": "nope"}', "inputs"),
 ])
 def test_v2_bad_requests_name_the_problem(body, fragment) -> None:
-    with pytest.raises(BadInput) as caught:
+    with pytest.raises(InvalidInput) as caught:
         request, binary = parse_v2(body, None)
         v2_matrix(request, binary, model())
-    assert caught.value.status == 400 and fragment in caught.value.message
+    assert fragment in str(caught.value)
+
+
+def test_v1_value_of_the_wrong_type_is_unprocessable() -> None:
+    with pytest.raises(UnprocessableEntity, match=r"instances\[0\]\[1\] \(f1\): 'x' is not a number"):
+        rows_to_matrix([[1, "x", 3]], ["f0", "f1", "f2"])
+    with pytest.raises(InvalidInput, match=r"instances\[0\] has 2 values"):
+        rows_to_matrix([[1, 2]], ["f0", "f1", "f2"])
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (InvalidInput("bad"), 400), (ModelNotFoundError("gone"), 404), (PayloadTooLarge("big"), 413),
+    (UnsupportedMediaType("text/plain"), 415), (UnprocessableEntity("not a number"), 422),
+])
+def test_each_error_type_has_its_status_and_the_protocols_body_shape(error, status) -> None:
+    from raylane.serving.app import error_response
+
+    kserve = error_response(error, "/v2/models/m/infer")
+    assert kserve.status_code == status and json.loads(kserve.body) == {"error": str(error)}
+    mlflow = error_response(error, "/invocations")
+    assert mlflow.status_code == status
+    assert json.loads(mlflow.body) == {"error": str(error), "error_code": "BAD_REQUEST",
+                                       "message": str(error)}
+
+
+def test_invocations_errors_keep_mlflows_error_code() -> None:
+    from raylane.serving.app import error_response
+
+    body = json.loads(error_response(InvalidInput("no", error_code="INVALID_PARAMETER_VALUE"),
+                                     "/invocations").body)
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_serve_args_carry_the_proxy_that_decides_the_uvicorn_patch() -> None:
+    from raylane.serving.deploy import serve_args
+
+    args = serve_args(ServeConfig(proxy="haproxy"), ModelConfig(name="m"), "sqlite:////x.db", "3")
+    assert args.proxy == "haproxy" and ServeArgs(tracking_uri="sqlite:////x.db").proxy == "python"
 
 
 def test_serve_yaml_is_a_valid_serve_config_with_valid_args() -> None:

@@ -21,46 +21,72 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raylane import serving
-from raylane.serving import oneshot, openapi
+from raylane._compat.starlette import route_path
+from raylane._compat.uvicorn import install_one_write_responses
+from raylane.errors import ModelNotFoundError
+from raylane.serving import openapi
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
+from raylane.serving.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    UnprocessableEntity,
+    UnsupportedMediaType,
+    describe_validation,
+)
 from raylane.serving.metrics import ServingMetrics, protocol_of
 from raylane.serving.model import LoadedModel, ServeArgs
-from raylane.serving.protocols import (
-    BINARY_HEADER,
-    BadInput,
-    V1PredictRequest,
-    V1PredictResponse,
-    check_computable,
-    encode_rows,
-    invocations_response,
-    mlflow_error,
-    parse_invocations,
-    parse_v2,
-    rows_to_frame,
-    rows_to_matrix,
-    v2_matrix,
-    v2_response,
-)
+from raylane.serving.protocols.invocations import invocations_response, parse_invocations
+from raylane.serving.protocols.rows import check_computable, encode_rows
+from raylane.serving.protocols.v1 import V1PredictRequest, V1PredictResponse, rows_to_frame, rows_to_matrix
+from raylane.serving.protocols.v2 import BINARY_HEADER, parse_v2, v2_matrix, v2_response
 from raylane.serving.rollout import ModelSlot
 
 VERSION_HEADER = "X-Model-Version"
+
+# The one place raylane's error types become HTTP statuses (as KServe's handler table does); call
+# sites raise the type. FastAPI's and Starlette's own exceptions keep their handlers below, and a
+# refused bearer token gets its 401 with the challenge header from the middleware.
+STATUS: dict[type[Exception], int] = {
+    InvalidInput: 400,
+    ModelNotFoundError: 404,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    UnprocessableEntity: 422,
+}
+
+
+def _json_error(status: int, message: str, headers: dict[str, str] | None = None,
+                extra: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=headers)
+
+
+def error_response(err: Exception, path: str) -> JSONResponse:
+    """Returns the answer to a request refused with one of the STATUS types, in its protocol's
+    shape: KServe and the Open Inference Protocol `{"error": ...}`; /invocations adds MLflow's
+    `error_code` and `message`, as `mlflow models serve` answers."""
+    status = next(STATUS[cls] for cls in type(err).__mro__ if cls in STATUS)
+    message = str(err)
+    if path != "/invocations":
+        return _json_error(status, message)
+    code = getattr(err, "error_code", None) or "BAD_REQUEST"
+    return _json_error(status, message, extra={"error_code": code, "message": message})
+
+
+async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, route_path(request.scope))
+
 
 app = FastAPI(
     title="raylane inference",
     description="Predictions from a model in the MLflow registry, by KServe V1, the Open Inference "
                 "Protocol (V2) and MLflow's scoring protocol. Every response carries X-Model-Version.",
     version="1",
+    exception_handlers={error_type: _typed_error for error_type in STATUS},
 )
-
-
-def _json_error(status: int, message: str, headers: dict[str, str] | None = None,
-                extra: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=headers)
 
 
 class ServingMiddleware:
@@ -74,7 +100,7 @@ class ServingMiddleware:
         if scope["type"] != "http" or server is None:
             await self.app(scope, receive, send)
             return
-        path, start = get_route_path(scope), time.perf_counter()  # without a route prefix
+        path, start = route_path(scope), time.perf_counter()  # without a route prefix
         answering = serving.ANSWERING.set(None)
         headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
         if path == "/openapi.json":  # FastAPI's document, completed with what the model knows
@@ -114,8 +140,9 @@ class ServingMiddleware:
                 return _json_error(401, reason, {"WWW-Authenticate": challenge})
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > server.args.max_body_bytes:
-            return _json_error(413, f"request body of {length} bytes is over the limit of "
-                                    f"{server.args.max_body_bytes} (serve.max_body_bytes)")
+            return error_response(PayloadTooLarge(f"request body of {length} bytes is over the limit of "
+                                                  f"{server.args.max_body_bytes} (serve.max_body_bytes)"),
+                                  path)
         return None
 
     @staticmethod
@@ -128,8 +155,8 @@ class ServingMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise StarletteHTTPException(413, f"request body is over the limit of {limit} bytes "
-                                                      "(serve.max_body_bytes)")
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes "
+                                          "(serve.max_body_bytes)")
             return message
 
         return receive_limited
@@ -138,24 +165,19 @@ class ServingMiddleware:
 app.add_middleware(ServingMiddleware)
 
 
-@app.exception_handler(BadInput)
-async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-    return _json_error(exc.status, exc.message, extra=exc.extra)
-
-
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return _json_error(400, f"malformed JSON: {errors[0].get('ctx', {}).get('error', 'cannot parse')}")
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in errors]
-    return _json_error(422, f"{where}: {first['msg']}", extra={"detail": detail})
+    return _json_error(422, describe_validation(errors), extra={"detail": detail})
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc.__cause__, tuple(STATUS)):  # FastAPI's 400 for an error raised in reading a body
+        return error_response(exc.__cause__, route_path(request.scope))
     return _json_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
@@ -170,7 +192,8 @@ class ModelServer:
     """One replica: holds the champion (and canary), follows the registry, answers the routes."""
 
     def __init__(self, args: ServeArgs):
-        oneshot.install()  # this replica's responses leave in one write: see raylane.serving.oneshot
+        if args.proxy == "haproxy":  # a killed replica then leaves no cut answer HAProxy cannot
+            install_one_write_responses()  # replay: see raylane._compat.uvicorn
         self.args = args
         self.metrics = ServingMetrics(args.model_name)
         self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds))
@@ -218,7 +241,7 @@ class ModelServer:
         rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
                 else rows_to_frame(request.instances, model.feature_columns))
         if request.return_probabilities and model.regression:
-            raise BadInput(400, "return_probabilities: this is a regression model; it predicts values")
+            raise InvalidInput("return_probabilities: this is a regression model; it predicts values")
         probabilities = await self._probabilities(model, rows, "instances")
         predictions = probabilities.tolist() if request.return_probabilities else \
             model.labels(probabilities).tolist()
@@ -294,10 +317,7 @@ class ModelServer:
         rows, params = parse_invocations(await request.body(), request.headers.get("content-type"), model)
         if not len(rows):  # an empty frame: MLflow answers with empty predictions
             return _answer(b'{"predictions":[]}', model)
-        try:
-            probabilities = await self._probabilities(model, rows, "input")
-        except BadInput as err:  # in the error shape of `mlflow models serve`
-            raise mlflow_error(err.status, err.message) from None
+        probabilities = await self._probabilities(model, rows, "input")
         return _answer(invocations_response(model, probabilities, params), model)
 
     @app.get("/ping", tags=["Health"])
@@ -333,7 +353,8 @@ class ModelServer:
     # --- lookups ------------------------------------------------------------------------------------
     def _model(self, name: str) -> LoadedModel:
         if name != self.args.model_name:
-            raise BadInput(404, f"model {name!r} not found; this endpoint serves {self.args.model_name!r}")
+            raise ModelNotFoundError(f"model {name!r} not found; this endpoint serves "
+                                     f"{self.args.model_name!r}")
         return self.slot.champion
 
     def _pick(self, name: str) -> LoadedModel:
@@ -347,7 +368,7 @@ class ModelServer:
         model = self.slot.find(version)
         if model is None:
             held = ", ".join(f"{v} ({role})" for v, role in self.slot.loaded().items())
-            raise BadInput(404, f"version {version!r} of {name!r} is not served here; loaded: {held}")
+            raise ModelNotFoundError(f"version {version!r} of {name!r} is not served here; loaded: {held}")
         serving.ANSWERING.set(model.version)
         return model
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 
+from raylane import env
 from raylane.config import AuthConfig
 from raylane.errors import ConfigError
 
@@ -27,7 +27,7 @@ def read_tokens(cfg: AuthConfig) -> list[str]:
     """Returns the accepted tokens; ConfigError naming the source when there are none."""
     tokens: list[str] = []
     if cfg.token_env:
-        tokens += [t for t in re.split(r"[\s,]+", os.environ.get(cfg.token_env, "")) if t]
+        tokens += [t for t in re.split(r"[\s,]+", env.configured(cfg.token_env)) if t]
     if cfg.token_file:
         try:
             with open(cfg.token_file, encoding="utf-8") as f:

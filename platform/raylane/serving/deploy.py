@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
 
 from raylane.config import ModelConfig, ServeConfig, ServingOptions
 from raylane.errors import RaylaneError
+from raylane.registry import champion_version
 from raylane.serving.model import ServeArgs
-from raylane.tracking import champion_version
 
+# The one Serve application of raylane on a cluster. Its routes start at /v1 and /v2, so a deploy
+# of another registered model replaces the previous one (Serve routes by prefix).
 APP_NAME = "raylane"
-
-
-def app_name(model: ModelConfig) -> str:
-    """The one Serve application of raylane on a cluster. Its routes start at /v1 and /v2, so a
-    deploy of another registered model replaces the previous one (Serve routes by prefix)."""
-    return APP_NAME
+log = logging.getLogger(__name__)
 
 
 def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str, version: str) -> ServeArgs:
@@ -25,7 +23,8 @@ def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str, ve
     version now, pinned when the endpoint does not follow the alias (so later replicas serve it too)."""
     options = serve_cfg.model_dump(include=set(ServingOptions.model_fields))
     return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
-                     version=None if serve_cfg.follow_alias else version, **options)
+                     version=None if serve_cfg.follow_alias else version, proxy=serve_cfg.proxy,
+                     **options)
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
@@ -43,7 +42,7 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
     args = serve_args(serve_cfg, model, tracking_uri, version)
     if not (args.follows and _switch_running_app(args, version)):
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
-        serve.run(build_app(args), name=app_name(model), route_prefix="/", blocking=False)
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::") else serve_cfg.host
     return f"http://{host}:{serve_cfg.port}"
 
@@ -52,8 +51,6 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
     """True if a running app with these arguments now serves `version`; False to redeploy."""
     from ray import serve
 
-    from raylane import progress
-
     try:
         handle = serve.get_app_handle(APP_NAME)
         running = handle.describe.remote().result(timeout_s=30)
@@ -61,8 +58,8 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
         return False
     if running.get("args") != args.model_dump(mode="json"):
         return False
-    progress.say(f"the endpoint already follows {args.model_name}@{args.alias}: switching to v{version} "
-                 "in place (new version loaded and warmed up before it takes traffic)")
+    log.info(f"the endpoint already follows {args.model_name}@{args.alias}: switching to v{version} "
+             "in place (new version loaded and warmed up before it takes traffic)")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -77,14 +74,12 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
 
 
 def announce(url: str, model: ModelConfig) -> None:
-    """Prints where the endpoint, its docs and its metrics are."""
-    from raylane import progress
-
-    progress.say(f"endpoint {url}/v1/models/{model.name}:predict | {url}/v2/models/{model.name}/infer | "
-                 f"{url}/invocations  (docs: {url}/docs)")
+    """Logs where the endpoint, its docs and its metrics are."""
+    log.info(f"endpoint {url}/v1/models/{model.name}:predict | {url}/v2/models/{model.name}/infer | "
+             f"{url}/invocations  (docs: {url}/docs)")
     address = metrics_address()
     if address:
-        progress.say(f"Prometheus metrics: {address} (ray_raylane_*, ray_serve_*)")
+        log.info(f"Prometheus metrics: {address} (ray_raylane_*, ray_serve_*)")
 
 
 def metrics_address() -> str | None:
@@ -111,15 +106,13 @@ def curl_example(url: str, model: ModelConfig, kinds: dict[str, str]) -> str:
 
 
 def keep_serving(*, on_cluster: bool, block: bool) -> None:
-    """Says how long the endpoint lives; on a local Ray with `block`, serves until Ctrl-C."""
-    from raylane import progress
-
+    """Logs how long the endpoint lives; on a local Ray with `block`, serves until Ctrl-C."""
     if on_cluster:
-        progress.say("the endpoint keeps running on the cluster after this job exits")
+        log.info("the endpoint keeps running on the cluster after this job exits")
     elif not block:
-        progress.say("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
+        log.info("--no-block: the local Ray, and the endpoint with it, stop when this process exits")
     else:
-        progress.say("serving in the foreground; press Ctrl-C to stop")
+        log.info("serving in the foreground; press Ctrl-C to stop")
         serve_until_interrupted()
 
 
@@ -136,6 +129,6 @@ def serve_until_interrupted() -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        print("[raylane] shutting down Serve and Ray", flush=True)
+        log.info("shutting down Serve and Ray")
         serve.shutdown()
         ray.shutdown()

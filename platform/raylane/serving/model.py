@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
+from raylane import env
 from raylane.config import ServingOptions
 
 # MLflow column types -> Open Inference Protocol datatypes.
@@ -27,9 +27,13 @@ class ServeArgs(ServingOptions):
     """Registry alias whose version is served (when `version` is unset)."""
     version: str | None = None
     """Exact version to serve, never switching; unset: the alias's version, followed as it moves."""
-    tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", ""),
+    tracking_uri: str = Field(default_factory=lambda: env.MLFLOW_TRACKING_URI.get() or "",
                               min_length=1)
     """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL); required."""
+
+    proxy: Literal["python", "haproxy"] = "python"
+    """The ingress in front of the replicas (the pipeline's `serve.proxy`): set 'haproxy' where the
+    Ray processes run with RAY_SERVE_ENABLE_HA_PROXY=1, so each response leaves a replica in one write."""
 
     @property
     def follows(self) -> bool:
@@ -99,8 +103,7 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     """Returns one registered version, loaded through MLflow pyfunc and warmed up."""
     import mlflow.pyfunc
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    env.apply(env.MLFLOW)
     mlflow.set_tracking_uri(tracking_uri)
     start = time.perf_counter()
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")

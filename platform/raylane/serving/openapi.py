@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from raylane.serving.auth import OPEN_PATHS
 from raylane.serving.model import LoadedModel, ServeArgs
-from raylane.serving.protocols import InvocationsRequest, V2InferRequest, V2InferResponse
+from raylane.serving.protocols.invocations import InvocationsRequest
+from raylane.serving.protocols.v2 import V2InferRequest, V2InferResponse
 
 V2_KIND_DATATYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL"}
 

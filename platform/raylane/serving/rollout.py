@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from raylane import registry
@@ -57,7 +58,7 @@ class ModelSlot:
         self.split = TrafficSplit(args.canary.percent if args.canary else 0.0)
         if args.canary:
             self.canary = self._load_alias(args.canary.alias)
-        self._stop, self._refresh_lock = threading.Event(), threading.Lock()
+        self._refresh_lock = threading.Lock()
 
     # --- answering -------------------------------------------------------------------------------
     def pick(self) -> LoadedModel:
@@ -104,24 +105,20 @@ class ModelSlot:
                 changed = True
         return changed
 
-    def follow(self, on_error: Callable[[Exception], None] | None = None,
-               also: Callable[[], None] | None = None) -> threading.Thread:
+    def follow(self, also: Callable[[], None] | None = None) -> threading.Thread:
         """Starts the daemon thread that calls `refresh` (and `also`) every poll interval."""
         def loop() -> None:
-            report = on_error or (lambda e: log.warning("raylane: registry check failed: %s", e))
-            while not self._stop.wait(self.args.poll_interval_s):
+            while True:
+                time.sleep(self.args.poll_interval_s)
                 for step in filter(None, (also, self.refresh)):  # one failing never skips the other
                     try:
                         step()
                     except Exception as err:  # the registry being down must not take serving down
-                        report(err)
+                        log.warning("raylane: registry check failed: %s", err)
 
         thread = threading.Thread(target=loop, name="raylane-registry-follower", daemon=True)
         thread.start()
         return thread
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _reuse_or_load(self, version: str) -> LoadedModel:
         return self.find(version) or self._load(version)

@@ -22,21 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylane.train.loop_config import WorkerLoopConfig
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # (features, labels)
 
 
-def choose(config: dict[str, Any], device: torch.device, local_workers: int, world_size: int,
+def choose(cfg: WorkerLoopConfig, device: torch.device, local_workers: int, world_size: int,
            row_bytes: int) -> tuple[str, str]:
     """Returns ("memory" | "stream", why) for this worker. Under `auto` every rank must then agree
     (`agree`): DDP's collectives and Ray Data's split need all ranks on the same path."""
-    mode = config.get("ingest", "auto")
+    mode = cfg.ingest
     if mode != "auto":
         return mode, f"train.ingest={mode}"
-    rows = math.ceil(config.get("train_rows", 0) / max(world_size, 1)) + config.get("val_rows", 0)
+    rows = math.ceil(cfg.train_rows / max(world_size, 1)) + cfg.val_rows
     need = rows * row_bytes
     if not rows:
         return "stream", "train.ingest=auto: the shard's size is unknown"
-    fraction = config.get("ingest_memory_fraction", 0.25)
+    fraction = cfg.ingest_memory_fraction
     # Host memory, shared by the node's workers: reading holds the blocks and their concatenation
     # (and on a GPU worker the pinned copy) at once.
     host_free = _host_free()

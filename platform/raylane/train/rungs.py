@@ -9,9 +9,10 @@ config names; every rank reads the same answer, so DDP's collectives stay in ste
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
 
+log = logging.getLogger(__name__)
 GO, PAUSE = b"go", b"pause"
 
 
@@ -19,18 +20,18 @@ def go_key(prefix: str, epochs_done: int) -> str:
     return f"{prefix}{epochs_done}"
 
 
-def go_on(config: dict[str, Any], epoch: int) -> bool:
-    """After `epoch` (0-based): False when the scheduler paused the trial at this rung."""
+def go_on(hold_key: str, hold_at: tuple[int, ...], epoch: int) -> bool:
+    """After `epoch` (0-based): False when the scheduler paused the trial at this rung. `hold_at`:
+    the epochs done after which to wait; `hold_key`: where the answer appears (none: never wait)."""
     done = epoch + 1
-    if not config.get("hold_key") or done not in config.get("hold_at", ()):
+    if not hold_key or done not in hold_at:
         return True
-    from ray.experimental import internal_kv
+    from raylane._compat.ray import kv_get
 
-    key, waited = go_key(config["hold_key"], done), time.monotonic()
-    while (answer := internal_kv._internal_kv_get(key)) is None:
+    key, waited = go_key(hold_key, done), time.monotonic()
+    while (answer := kv_get(key)) is None:
         if time.monotonic() - waited > 60:
-            print(f"[raylane] still waiting for the search's decision at the rung after epoch {epoch}",
-                  flush=True)
+            log.warning("still waiting for the search's decision at the rung after epoch %d", epoch)
             waited = time.monotonic()
         time.sleep(0.05)
     return answer != PAUSE

@@ -11,57 +11,40 @@ objects are used (no tf_keras).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
 from typing import Any
 
-import numpy as np
 import ray.train
 
-from raylane.train import rungs
-from raylane.train.model import ModelSpec
-from raylane.train.weights import (
-    TF_STATE_FILE,
-    build_keras_mlp,
-    history_entry,
-    load_keras_model,
-    read_history,
-    write_history,
-    write_spec,
-)
-
-load_model = load_keras_model  # (model, spec, epoch) from a checkpoint directory
+from raylane.model.checkpoint import restore_keras_state, save_keras_state
+from raylane.model.network import build_keras_mlp
+from raylane.train import steps
+from raylane.train.loop_config import WorkerLoopConfig
+from raylane.train.report import EpochReport
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import keras
     import tensorflow as tf
 
+    cfg = WorkerLoopConfig.from_dict(config)
+    steps.worker_logging()
     # One op thread per reserved CPU: more only contends with the other workers on the node.
-    tf.config.threading.set_intra_op_parallelism_threads(max(1, int(config["cpus_per_worker"])))
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, int(cfg.cpus_per_worker)))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG, set by Ray
-    spec = ModelSpec(**config["spec"])
-    keras.utils.set_random_seed(config["seed"])
+    keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():  # variables become mirrored; initial values come from worker 0
-        model = build_keras_mlp(spec)
-        optimizer = keras.optimizers.Adam(
-            learning_rate=config["lr"], weight_decay=config["weight_decay"] or None
-        )
+        model = build_keras_mlp(cfg.spec)
+        optimizer = keras.optimizers.Adam(learning_rate=cfg.lr, weight_decay=cfg.weight_decay or None)
         optimizer.build(model.trainable_variables)
 
-    start_epoch, history = 0, []  # history: every epoch's metrics so far, kept in the checkpoints
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted worker group, or a resumed trial: continue, never start over
-        with checkpoint.as_directory() as directory:
-            start_epoch = restore_state(directory, model, optimizer) + 1
-            history = read_history(directory)
+    # history: every epoch's metrics so far, kept in the checkpoints
+    start_epoch, history = steps.resume(lambda directory: restore_keras_state(directory, model, optimizer))
 
-    batch_size = config["batch_size"]
+    batch_size = cfg.batch_size
     global_batch = batch_size * strategy.num_replicas_in_sync
-    regression = config.get("task") == "regression"
-    mean, std = config.get("target_mean", 0.0), config.get("target_std", 1.0)
+    task = cfg.objective
+    regression = task.loss == "mse"
+    mean, std = cfg.target_mean, cfg.target_std
 
     def per_row_loss(y: Any, outputs: Any) -> Any:
         """Cross-entropy, or for regression the squared error of the standardized label."""
@@ -94,48 +77,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
 
+    def save(directory: str) -> None:
+        save_keras_state(directory, model, optimizer, epoch, cfg.spec)
+
     world_size = ray.train.get_context().get_world_size()
-    for epoch in range(start_epoch, config["epochs"]):
-        total_loss, steps, started = 0.0, 0, time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        clock = steps.EpochClock()
+        total_loss, batches = 0.0, 0
         # drop_last keeps shapes static and the step count equal on every worker (a collective
         # per step: one worker with an extra batch would wait forever).
         for batch in train_shard.iter_tf_batches(
             batch_size=batch_size, drop_last=True,
-            local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=config["seed"] + epoch,
+            local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=cfg.seed + epoch,
         ):
             total_loss += float(train_step(batch["features"], batch["label"]))
-            steps += 1
+            batches += 1
 
-        epoch_time = time.perf_counter() - started
-        metrics = {
-            "epoch": epoch,
-            "train_loss": total_loss / max(steps, 1),
-            **evaluate(model, val_data, per_row_loss, (mean, std) if regression else None),
-            "start_epoch": start_epoch,
-            "num_replicas_in_sync": strategy.num_replicas_in_sync,
-            "replica_weight_spread": float(weight_spread()),
-            "train_rows": steps * batch_size * world_size,  # rows seen by all workers this epoch
-            "epoch_time_s": epoch_time,
-        }
-        if epoch == start_epoch and start_epoch > 0:
-            # Epochs before the checkpoint whose reports may have died with a killed driver.
-            metrics["history"] = json.dumps(history)
-        history.append(history_entry(metrics))
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if ray.train.get_context().get_world_rank() == 0:
-                save_state(directory, model, optimizer, epoch, spec)
-                write_history(directory, history)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=checkpoint)  # a barrier: every rank reports
-        if not rungs.go_on(config, epoch):  # asha_promotion: paused at this rung, the fit ends here
-            return
+        epoch_time = clock.wall_s()
+        val_loss, val_score = evaluate(model, val_data, per_row_loss, (mean, std) if regression else None)
+        report = EpochReport(
+            epoch=epoch, train_loss=total_loss / max(batches, 1), val_loss=val_loss,
+            val_metric=task.val_metric, val_score=val_score, start_epoch=start_epoch,
+            train_rows=batches * batch_size * world_size,  # rows seen by all workers this epoch
+            epoch_time_s=epoch_time,
+            extra={"num_replicas_in_sync": strategy.num_replicas_in_sync,
+                   "replica_weight_spread": float(weight_spread())},
+        )
+        if not steps.end_epoch(cfg, report, history, save, clock):
+            return  # asha_promotion paused the trial at this rung: the fit ends here
 
 
 def evaluate(model: Any, dataset: Any, per_row_loss: Any, target: tuple[float, float] | None
-             ) -> dict[str, float]:
-    """Returns {val_loss, val_accuracy} of `model` over every row of `dataset`; for regression
-    (`target`: the label's mean and std) {val_loss, val_mae}, the error in the label's own units."""
+             ) -> tuple[float, float]:
+    """Returns (loss, accuracy) of `model` over every row of `dataset`; for regression (`target`:
+    the label's mean and std) (loss, mean absolute error), the error in the label's own units."""
     import tensorflow as tf
 
     loss_sum, score, rows = 0.0, 0.0, 0
@@ -149,22 +124,4 @@ def evaluate(model: Any, dataset: Any, per_row_loss: Any, target: tuple[float, f
             values = outputs[:, 0] * target[1] + target[0]
             score += float(tf.reduce_sum(tf.abs(values - tf.cast(labels, tf.float32))))
         rows += int(labels.shape[0])
-    name = "val_accuracy" if target is None else "val_mae"
-    return {"val_loss": loss_sum / max(rows, 1), name: score / max(rows, 1)}
-
-
-def save_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: ModelSpec) -> None:
-    """Writes weights, optimizer variables, the epoch and the spec into `directory`."""
-    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
-    np.savez(os.path.join(directory, TF_STATE_FILE), epoch=np.array(epoch), **arrays)
-    write_spec(directory, spec)
-
-
-def restore_state(directory: str, model: Any, optimizer: Any) -> int:
-    """Loads weights and optimizer variables from `directory`; returns the checkpoint's epoch."""
-    with np.load(os.path.join(directory, TF_STATE_FILE)) as state:
-        model.set_weights([state[f"w{i}"] for i in range(len(model.get_weights()))])
-        for i, variable in enumerate(optimizer.variables):
-            variable.assign(state[f"o{i}"])
-        return int(state["epoch"])
+    return loss_sum / max(rows, 1), score / max(rows, 1)

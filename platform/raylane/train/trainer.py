@@ -8,7 +8,7 @@ from typing import Any
 from raylane.config import PipelineConfig, TrainConfig
 from raylane.data import PreparedData
 from raylane.errors import ConfigError
-from raylane.train.model import ModelSpec
+from raylane.train.loop_config import loop_config
 
 # backend -> (module that must be importable, the extra that installs it)
 BACKEND_PACKAGES = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
@@ -26,24 +26,6 @@ def check_backend_installed(cfg: TrainConfig) -> None:
                           f"pip install 'raylane[{extra}]'")
 
 
-def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: PreparedData) -> dict[str, Any]:
-    """Returns the dict each worker's loop receives: train fields with the trial's values on top."""
-    train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
-    spec = ModelSpec(
-        input_dim=data.input_dim, num_classes=data.num_outputs, hidden_size=train.hidden_size,
-        num_layers=train.num_layers, dropout=train.dropout,
-    )
-    return {
-        "lr": train.lr, "weight_decay": train.weight_decay, "batch_size": train.batch_size,
-        "epochs": train.epochs, "seed": train.seed, "spec": spec.to_dict(),
-        "cpus_per_worker": train.cpus_per_worker, "task": data.task,
-        "target_mean": data.target.get("mean", 0.0), "target_std": data.target.get("std", 1.0),
-        "ingest": train.ingest, "ingest_memory_fraction": train.ingest_memory_fraction,
-        "precision": train.precision,
-        "train_rows": data.num_rows.get("train", 0), "val_rows": data.num_rows.get("val", 0),
-    }
-
-
 def build_trainer(
     cfg: PipelineConfig,
     hyperparams: dict[str, Any],
@@ -52,11 +34,11 @@ def build_trainer(
     name: str,
     storage_path: str,
     callbacks: list[Any] = (),
-    loop_extra: dict[str, Any] | None = None,
+    hold: dict[str, Any] | None = None,
 ) -> Any:
     """Returns the trainer for one trial (TorchTrainer with DDP, or TensorflowTrainer with
-    MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries. `loop_extra` adds to
-    the workers' loop config (the search's rung settings)."""
+    MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries. `hold`: where the
+    workers wait at the rungs (asha_promotion; `raylane.asha.hold_config`)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     if cfg.train.backend == "tensorflow":
@@ -70,7 +52,7 @@ def build_trainer(
 
     return Trainer(
         train_loop_per_worker,
-        train_loop_config={**loop_config(cfg, hyperparams, data), **(loop_extra or {})},
+        train_loop_config=loop_config(cfg, hyperparams, data, **(hold or {})).to_dict(),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,

@@ -1,4 +1,5 @@
-"""A replica's HTTP responses leave in one socket write: status line, headers and first body bytes.
+"""A replica's HTTP responses leave in one socket write: status line, headers and first body bytes
+(a patch of uvicorn's response cycles; raylane tested uvicorn 0.55.0).
 
 Behind HAProxy, a replica killed between writing a response's headers and its body leaves the
 client with a cut response (HAProxy logs `SD--`), and no proxy may replay a response that has
@@ -9,14 +10,18 @@ first body bytes closes it: a replica dies either before anything of the respons
 (HAProxy sees an empty response and replays the request on another replica) or after the whole
 of a small response was handed to the kernel.
 
-`install()` patches uvicorn's response cycles in this process only (a replica imports it with
-the serving app); everything else about uvicorn is unchanged.
+uvicorn has no setting or hook for this, so `install_one_write_responses()` wraps the private
+`RequestResponseCycle.send` of its httptools and h11 protocols in this process only; it relies on
+the cycle's `transport` and `response_started` attributes. Everything else about uvicorn is
+unchanged. `tests/unit/test_compat_serving.py` checks what the patch relies on is still there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+TESTED = "0.55.0"
+CYCLE_MODULES = ("uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl")
 _HELD = "_raylane_held_head"
 
 
@@ -83,12 +88,20 @@ def _one_write(send: Any) -> Any:
     return patched
 
 
-def install() -> None:
-    """Idempotent; a no-op where uvicorn's HTTP protocols are not importable."""
-    for module in ("uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"):
+def response_cycles() -> list[type]:
+    """Returns uvicorn's importable `RequestResponseCycle` classes (httptools needs its extra)."""
+    cycles = []
+    for module in CYCLE_MODULES:
         try:
-            cycle = __import__(module, fromlist=["RequestResponseCycle"]).RequestResponseCycle
+            cycles.append(__import__(module, fromlist=["RequestResponseCycle"]).RequestResponseCycle)
         except ImportError:
             continue
+    return cycles
+
+
+def install_one_write_responses() -> None:
+    """Makes this process's uvicorn write each response's head with its first body bytes.
+    Idempotent; a no-op where uvicorn's HTTP protocols are not importable."""
+    for cycle in response_cycles():
         if not getattr(cycle.send, "__raylane_one_write__", False):
             cycle.send = _one_write(cycle.send)

@@ -1,8 +1,9 @@
 """A model in seconds, without Ray Train: one process, plain PyTorch, the pipeline's formats.
 
 For the serving tests and benchmarks, which need real registered models but not a tuning run:
-the checkpoint is written by the training loop's own `save_checkpoint`, then logged and gated by
-`tracking.log_best_model` and `register_if_better` exactly as the pipeline does.
+the checkpoint is written in the training loops' format (`raylane.model.checkpoint`), then
+logged by `tracking.log_best_model` and gated by `registry.register_if_better` exactly as the
+pipeline does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 from typing import Any
 
 import numpy as np
-
 from raylane.config import ModelConfig
 
 
@@ -21,10 +21,9 @@ def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs
     returns the gate's Promotion. MLflow must already point at the store and experiment."""
     import mlflow
     import torch
-
-    from raylane import tracking
-    from raylane.train.model import ModelSpec, build_mlp
-    from raylane.train.torch_loop import save_checkpoint
+    from raylane import registry, tracking
+    from raylane.model.checkpoint import save_torch_state
+    from raylane.model.network import ModelSpec, build_mlp
 
     torch.manual_seed(seed)
     batch = prepared.train.take_batch(prepared.train.count(), batch_format="numpy")
@@ -49,8 +48,8 @@ def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs
             optimizer.step()
     checkpoint = os.path.join(directory, f"checkpoint-{seed}")
     os.makedirs(checkpoint, exist_ok=True)
-    save_checkpoint(checkpoint, net, optimizer, epochs - 1, spec)
+    save_torch_state(checkpoint, net, optimizer, epochs - 1, spec)
     with mlflow.start_run(run_name=f"quick-{model.name}-{seed}"):
         params = {"hidden_size": hidden, "num_layers": layers, "epochs": epochs}
         logged = tracking.log_best_model(checkpoint, prepared, params, 0.0, "torch")
-        return tracking.register_if_better(model, logged)
+        return registry.register_if_better(model, logged)

@@ -1,4 +1,7 @@
-"""The MLP raylane trains, and the spec that rebuilds it from a checkpoint or an MLflow model."""
+"""The networks raylane trains, and the spec that rebuilds one from a checkpoint or an MLflow model.
+
+Torch and Keras are imported inside the builders, so a PyTorch user never pays for TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +36,16 @@ def build_mlp(spec: ModelSpec) -> Any:
         width = spec.hidden_size
     layers.append(nn.Linear(width, spec.num_classes))
     return nn.Sequential(*layers)
+
+
+def build_keras_mlp(spec: ModelSpec) -> Any:
+    """Returns a Keras 3 MLP with the same architecture as the torch one; outputs logits."""
+    import keras
+
+    layers: list[Any] = [keras.Input(shape=(spec.input_dim,))]
+    for _ in range(spec.num_layers):
+        layers.append(keras.layers.Dense(spec.hidden_size, activation="relu"))
+        if spec.dropout > 0:
+            layers.append(keras.layers.Dropout(spec.dropout))
+    layers.append(keras.layers.Dense(spec.num_classes))
+    return keras.Sequential(layers)

@@ -1,0 +1,43 @@
+"""MLflow's private functions that raylane's `/invocations` needs (raylane tested mlflow 3.17.2).
+
+`/invocations` answers like `mlflow models serve`, but merges requests into batches and calls the
+network itself, so it needs the two steps `mlflow models serve` takes before predicting, without
+the predicting. MLflow publishes neither on its own. They are imported on first use, so importing
+this module imports no MLflow; `tests/unit/test_compat_serving.py` says which one moved.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any
+
+TESTED = "3.17.2"
+
+
+@functools.cache
+def private(module: str, name: str) -> Any:
+    """Returns MLflow's private `module.name`; ImportError naming the release raylane tested."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        import mlflow
+
+        raise ImportError(f"mlflow {mlflow.__version__} moved {module}.{name} (raylane tested {TESTED}): "
+                          "update raylane/_compat/mlflow.py") from err
+
+
+def parse_json_input(body: bytes, metadata: Any, schema: Any) -> tuple[Any, Any]:
+    """Returns (data, params) of a JSON scoring request, with MLflow's own MlflowException and
+    message for a bad one. Wraps `mlflow.pyfunc.scoring_server._parse_json_data`: the public
+    `scoring_server.invocations` parses and predicts in one call, and the public
+    `infer_and_parse_data` neither splits off `params` nor checks the request's keys."""
+    parsed = private("mlflow.pyfunc.scoring_server", "_parse_json_data")(body, metadata, schema)
+    return parsed.data, parsed.params
+
+
+def enforce_schema(data: Any, schema: Any) -> Any:
+    """Returns `data` converted to the model signature's input schema, MlflowException naming the
+    column otherwise. Wraps `mlflow.models.utils._enforce_schema`: the public
+    `PyFuncModel.predict` applies it only on the way to predicting, one request at a time."""
+    return private("mlflow.models.utils", "_enforce_schema")(data, schema)

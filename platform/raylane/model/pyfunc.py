@@ -1,0 +1,146 @@
+"""The MLflow pyfunc model raylane logs: raw feature columns in, class labels (or probabilities) out.
+
+The preprocessing fitted on train (imputation, scaling, one-hot; `raylane.preprocess`) travels
+inside the model (`preprocess.json`), next to the trained weights (`checkpoint/`), so
+`mlflow.pyfunc.load_model(...).predict(raw_frame)` and the Serve endpoint both take the same raw
+columns, by name, that the data came with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from raylane.model.checkpoint import check_format, load_keras_model, load_torch_model
+from raylane.preprocess import Column, Preprocessor
+
+PREPROCESS_FILE = "preprocess.json"
+FORMAT_VERSION = 1
+"""Version of preprocess.json. 1: it carries `format_version`, `preprocessor`, `classes`,
+`framework`, `task` and `target`. Without a version (0), fields may be missing: a model logged
+before typed columns has `feature_columns`, `mean` and `std` instead of `preprocessor`."""
+
+
+class RaylaneClassifier(mlflow.pyfunc.PythonModel):
+    """A trained network plus its preprocessing; framework-specific only in `_load_network`."""
+
+    def load_context(self, context: Any) -> None:
+        meta = read_preprocess(context.artifacts["preprocess"])
+        self.preprocessor = _preprocessor(meta)
+        self.feature_columns: list[str] = self.preprocessor.names
+        self.classes: list[Any] = meta["classes"]
+        self.framework: str = meta["framework"]
+        self.task: str = meta["task"]
+        target = meta["target"]
+        self._target = (float(target.get("mean", 0.0)), float(target.get("std", 1.0)))
+        self._load_network(context.artifacts["checkpoint"])
+
+    def _load_network(self, directory: str) -> None:
+        """`_probabilities`: network input -> class probabilities, or for regression the predicted
+        values as one column, in the label's own units."""
+        regression = self.task == "regression"
+        network = (_load_tensorflow(directory, regression) if self.framework == "tensorflow"
+                   else _load_torch(directory, regression))
+        if regression:
+            mean, std = self._target
+            self._probabilities = lambda x: (network(x)[:, :1].astype(np.float64) * std + mean)
+        else:
+            self._probabilities = network
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Returns class probabilities (rows x classes) for raw rows of an all-numeric model, in
+        column order (NaN for a missing value)."""
+        return self._probabilities(self.preprocessor.transform_numeric(features))
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """Returns class probabilities for raw columns by name; ValueError naming a bad value."""
+        return self._probabilities(self.preprocessor.transform(frame))
+
+    def forward(self, encoded: np.ndarray) -> np.ndarray:
+        """Returns class probabilities for network input (what the preprocessor makes of raw rows)."""
+        return self._probabilities(encoded)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> np.ndarray:
+        probabilities = self.predict_frame(_feature_frame(model_input, self.feature_columns))
+        if self.task == "regression":
+            return probabilities[:, 0]
+        if (params or {}).get("return_probabilities"):
+            return probabilities
+        return np.asarray(self.classes)[probabilities.argmax(axis=1)]
+
+
+def read_preprocess(path: str) -> dict[str, Any]:
+    """Returns preprocess.json's fields, those a version-0 file lacks filled as they then were."""
+    with open(path) as f:
+        meta = json.load(f)
+    version = int(meta.get("format_version", 0))
+    check_format(version, FORMAT_VERSION, path)
+    if version == 0:  # the fields added over time, at the values every model then had
+        meta = {"framework": "torch", "task": "classification", "target": {}, **meta}
+    return meta
+
+
+def _preprocessor(meta: dict[str, Any]) -> Preprocessor:
+    if "preprocessor" in meta:
+        return Preprocessor.from_dict(meta["preprocessor"])
+    # Models logged before typed columns: numeric columns, standardized, nothing missing.
+    return Preprocessor([Column(name, "numeric", fill=mean, mean=mean, std=std) for name, mean, std
+                         in zip(meta["feature_columns"], meta["mean"], meta["std"], strict=True)])
+
+
+def _load_torch(directory: str, raw: bool = False) -> Any:
+    import torch
+
+    torch.set_num_threads(1)  # requests are small; threads only contend with the server
+    network, _, _ = load_torch_model(directory)
+
+    def probabilities(scaled: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            outputs = network(torch.from_numpy(scaled))
+            return (outputs if raw else torch.softmax(outputs, dim=1)).numpy()
+
+    return probabilities
+
+
+def _load_tensorflow(directory: str, raw: bool = False) -> Any:
+    import tensorflow as tf
+
+    network, _, _ = load_keras_model(directory)
+    forward = tf.function(lambda x: network(x, training=False) if raw else
+                          tf.nn.softmax(network(x, training=False), axis=1), reduce_retracing=True)
+
+    def probabilities(scaled: np.ndarray) -> np.ndarray:
+        return forward(tf.convert_to_tensor(scaled)).numpy()
+
+    return probabilities
+
+
+def _feature_frame(frame: Any, columns: list[str]) -> pd.DataFrame:
+    """Returns the raw features by name, or by position when the input has no column names."""
+    if isinstance(frame, pd.DataFrame) and set(columns).issubset(frame.columns):
+        return frame[columns]
+    values = frame.to_numpy() if isinstance(frame, pd.DataFrame) else np.asarray(frame, dtype=object)
+    if values.ndim != 2 or values.shape[1] != len(columns):
+        raise ValueError(f"expected {len(columns)} feature columns ({columns[0]}..{columns[-1]}), "
+                         f"got shape {values.shape}")
+    return pd.DataFrame(values, columns=columns)
+
+
+def write_preprocess(path: str, preprocessor: Preprocessor, classes: list[Any], framework: str,
+                     task: str = "classification", target: dict[str, float] | None = None) -> str:
+    """Writes the preprocessing artifact and returns its path."""
+    with open(path, "w") as f:
+        json.dump({"format_version": FORMAT_VERSION, "preprocessor": preprocessor.to_dict(),
+                   "classes": classes, "framework": framework, "task": task, "target": target or {}}, f)
+    return path
+
+
+def package_dir() -> str:
+    """Returns the raylane package directory, shipped as the model's code so it loads anywhere."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

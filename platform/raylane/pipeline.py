@@ -1,0 +1,180 @@
+"""The pipeline as library code: data -> search (Ray Train in Ray Tune) -> register -> serve.
+
+    import raylane
+    result = raylane.run(raylane.load_config("pipelines/configs/digits_torch.yaml"))
+    result.endpoint, result.version, result.promotion
+
+Each stage is a function of its own, so a notebook can run one at a time; `run` calls them in
+order. A run has a name and a record in storage (`raylane.runs`): if it stops, `resume` continues
+it where it stopped (prepared data reused, finished trials kept, the same MLflow run).
+The job entrypoints in `pipelines/` and the `raylane` CLI are thin shells around `run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from raylane import cluster, data, progress, registry, runs, tracking, tune
+from raylane.config import PipelineConfig
+from raylane.serving import deploy
+from raylane.storage import check_storage, join, local_copy, local_or_uri
+from raylane.train.trainer import check_backend_installed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What a pipeline run produced."""
+
+    run_name: str
+    mlflow_run_id: str
+    model_name: str
+    version: str
+    """The model version this run registered."""
+    promotion: str
+    """The champion gate's decision and why."""
+    endpoint: str | None
+    """The endpoint's base URL, None when `serve.enabled` is false."""
+    on_cluster: bool
+    """True when the job joined an existing Ray cluster (the endpoint then outlives it)."""
+
+
+def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.RunRecord | None = None,
+        verbose: bool = False) -> PipelineResult:
+    """Runs the whole pipeline on `cfg` and returns what it produced; the endpoint keeps serving
+    as long as Ray does. `run_name`: a new run's name (default <model>-<timestamp>; an existing name
+    is refused). `resume_from`: the record of a stopped run to continue (`resume`)."""
+    storage_path = local_or_uri(cfg.storage_path)
+    if resume_from is None:
+        run_name = run_name or runs.new_run_name(cfg)
+        runs.check_new(storage_path, run_name)
+    else:
+        run_name = resume_from.run_name
+    check_backend_installed(cfg.train)
+    log_dir = _log_dir(storage_path, run_name)
+    if not verbose:  # from here on other tools' chatter goes to the run's log file
+        cluster.capture_tool_logs(log_dir)
+    experiment_id = tracking.configure(cfg.tracking)  # an unreachable MLflow server fails here
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
+
+    on_cluster = cluster.connect(cfg, log_dir=log_dir, verbose=verbose)
+    check_storage(storage_path)  # writable, and the same directory on every node, before any work
+    record = resume_from or runs.start(storage_path, run_name, cfg)
+    if resume_from is None:
+        progress.say(f"run {run_name}: storage {storage_path} (if interrupted: --resume {run_name})")
+
+    prepared = prepare_data(cfg, storage_path, run_name)
+    with tracking.pipeline_run(cfg, run_name, experiment_id, record.mlflow_run_id, record.resumes) as parent:
+        run_id = parent.info.run_id
+        progress.say(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {tracking_uri})")
+        if record.mlflow_run_id is None:
+            tracking.log_dataset(prepared)
+            record = runs.update(storage_path, record, mlflow_run_id=run_id, experiment_id=experiment_id)
+        record = _registered_before(cfg, record, run_id, storage_path)
+        if record.registered_version is None:
+            with progress.stage("tune", f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} workers"):
+                best = search(cfg, prepared, run_name, storage_path, tracking_uri, experiment_id, run_id,
+                              resume=resume_from is not None)
+            promotion = register(cfg, prepared, best, storage_path)
+            record = runs.update(storage_path, record, registered_version=promotion.version,
+                                 promotion=promotion.summary)
+        else:
+            progress.say(f"training already finished in an earlier attempt: model {cfg.model.name} "
+                         f"v{record.registered_version}")
+
+    progress.say(f"model {cfg.model.name} v{record.registered_version}: {record.promotion}")
+    progress.say(f"MLflow parent run {run_id}")
+    endpoint = serve(cfg, tracking_uri, prepared) if cfg.serve.enabled else None
+    return PipelineResult(run_name, run_id, cfg.model.name, str(record.registered_version),
+                          str(record.promotion), endpoint, on_cluster)
+
+
+def resume(run_name: str, cfg: PipelineConfig, *, given: PipelineConfig | None = None,
+           overrides: list[str] = (), from_file: bool = False, verbose: bool = False) -> PipelineResult:
+    """Continues the stopped run `run_name` (found under `cfg.storage_path`) with its own config.
+    `given`: a config the user stated for it (with --config: it must describe the same run; with
+    --set alone, `overrides`, only the overridden fields are compared)."""
+    storage_path = local_or_uri(cfg.storage_path)
+    record = runs.resume(storage_path, run_name, given, overrides, from_file=from_file)
+    progress.say(f"resuming run {record.run_name} (attempt {record.resumes + 1}): storage {storage_path}")
+    return run(record.pipeline_config(), resume_from=record, verbose=verbose)
+
+
+def prepare_data(cfg: PipelineConfig, storage_path: str, run_name: str) -> data.PreparedData:
+    """The data stage: the prepared splits of this run, reused when an earlier attempt made them."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    with progress.stage("data", cfg.data.source):
+        prepared, reused = data.prepare_once(cfg.data, storage_path, join(storage_path, run_name, "data"))
+        progress.say(f"  {'reused the prepared splits: ' if reused else ''}rows {prepared.num_rows}, "
+                     f"{len(prepared.feature_columns)} features ({prepared.input_dim} encoded), "
+                     f"{len(prepared.classes)} classes, digest {prepared.digest}")
+    return prepared
+
+
+def search(cfg: PipelineConfig, prepared: data.PreparedData, run_name: str, storage_path: str,
+           tracking_uri: str, experiment_id: str, parent_run_id: str, resume: bool = False) -> tune.BestTrial:
+    """The search stage: Ray Tune over Ray Train fits, each trial a nested MLflow run; the best trial."""
+    trial_runs = tracking.TrialRunLogger(tracking_uri, experiment_id, parent_run_id,
+                                         cfg.tracking.outage_timeout_s)
+    best = tune.search(cfg, prepared, run_name, storage_path, callbacks=[trial_runs], resume=resume)
+    tracking.log_tune_results(best.results_table)
+    return best
+
+
+def register(cfg: PipelineConfig, prepared: data.PreparedData, best: tune.BestTrial,
+             storage_path: str) -> registry.Promotion:
+    """The register stage: the best checkpoint logged as an MLflow model, scored on the test split,
+    registered, and made champion if the gate allows it."""
+    task = cfg.task
+    with progress.stage("register", f"best trial {best.trial_id} {best.hyperparams}"):
+        with local_copy(best.checkpoint_path, storage_path) as checkpoint_dir:
+            model = tracking.log_best_model(checkpoint_dir, prepared, best.hyperparams,
+                                            float(best.metrics[task.val_metric]), cfg.train.backend)
+        promotion = registry.register_if_better(cfg.model, model)
+    progress.say(f"best params {best.hyperparams}; {model.val_metric} {model.val_score:.4f}, "
+                 f"{model.test_metric} {model.test_score:.4f}")
+    return promotion
+
+
+def serve(cfg: PipelineConfig, tracking_uri: str, prepared: Any = None) -> str:
+    """The serve stage: the alias's version deployed on Ray Serve; returns the endpoint's base URL."""
+    with progress.stage("serve", f"{cfg.model.name}@{cfg.model.champion_alias}"):
+        url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
+    deploy.announce(url, cfg.model)
+    if prepared is not None:
+        progress.say("try: " + deploy.curl_example(url, cfg.model, prepared.preprocessor.kinds))
+    return url
+
+
+def serve_champion(cfg: PipelineConfig, verbose: bool = False) -> tuple[str, bool]:
+    """Deploys the version `model.champion_alias` names, without training; returns (the endpoint's
+    base URL, whether it runs on an existing cluster). ModelNotFoundError when there is none."""
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
+    version = registry.champion_version(tracking_uri, cfg.model.name, cfg.model.champion_alias)
+    on_cluster = cluster.connect(cfg, log_dir=None, verbose=verbose)
+    with progress.stage("serve", f"{cfg.model.name} v{version} ({cfg.model.champion_alias})"):
+        url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
+    deploy.announce(url, cfg.model)
+    return url, on_cluster
+
+
+def _registered_before(cfg: PipelineConfig, record: runs.RunRecord, run_id: str,
+                       storage_path: str) -> runs.RunRecord:
+    """The record, with the version this run registered if an earlier attempt was killed between
+    registering it and recording it."""
+    if record.registered_version is not None:
+        return record
+    version = registry.version_registered_by(cfg.model.name, run_id)
+    if version is None:
+        return record
+    return runs.update(storage_path, record, registered_version=version.version,
+                       promotion=version.tags.get(registry.PROMOTION_TAG, ""))
+
+
+def _log_dir(storage_path: str, run_name: str) -> str | None:
+    """Where other tools' output goes (`ray.log`): the run's `logs/` on local storage, else a
+    temporary directory; `raylane.cluster.connect` prints the path."""
+    return None if "://" in storage_path else join(storage_path, run_name, "logs")

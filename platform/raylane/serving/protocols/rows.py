@@ -1,0 +1,26 @@
+"""What every protocol does around the model call: a typed model's raw columns encoded into the
+network's input, and the network's answer checked before any protocol shapes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from raylane.serving.errors import InvalidInput
+from raylane.serving.model import LoadedModel
+
+
+def encode_rows(model: LoadedModel, frame: pd.DataFrame, field: str) -> np.ndarray:
+    """The network input for raw columns by name; InvalidInput naming the column and row of a bad value."""
+    try:
+        return model.encode(frame)
+    except (ValueError, TypeError) as err:
+        raise InvalidInput(f"{field}: {err}") from None
+
+
+def check_computable(probabilities: np.ndarray) -> None:
+    """InvalidInput when the network overflowed on some rows: no answer beats a wrong one."""
+    bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    if bad.size:
+        raise InvalidInput(f"rows {bad[:5].tolist()}: values out of the range the model can compute "
+                           "with (the network overflowed); send raw feature values")

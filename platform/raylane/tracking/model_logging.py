@@ -1,0 +1,117 @@
+"""Logging the best checkpoint as an MLflow pyfunc model, evaluated on the test split.
+
+The logged model carries its preprocessing and the raylane package (`code_paths`), so it loads
+wherever its pinned requirements are installed; `raylane.registry` decides what becomes champion.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raylane.data import PreparedData
+from raylane.task import CLASSIFICATION, Task, task_named
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged on the parent run, with its scores."""
+
+    model_uri: str
+    run_id: str
+    test_score: float
+    """The gate's metric on the test split: accuracy, or mean absolute error for regression."""
+    val_score: float
+    params: dict[str, Any]
+    task: Task = CLASSIFICATION
+
+    @property
+    def test_metric(self) -> str:
+        return self.task.test_metric
+
+    @property
+    def val_metric(self) -> str:
+        return self.task.val_metric
+
+
+def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
+                   val_score: float, framework: str = "torch") -> LoggedModel:
+    """Logs the best checkpoint as a pyfunc model on the active run and returns its test metric:
+    accuracy, or for regression the mean absolute error (`val_score`: the same on validation)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from raylane.data import iter_raw_rows, raw_rows
+    from raylane.model.pyfunc import RaylaneClassifier, package_dir, write_preprocess
+
+    task = task_named(data.task)
+    regression = task.loss == "mse"
+    example, _ = raw_rows(data.test, limit=5)
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.preprocessor,
+                                      data.classes, framework, data.task, data.target)
+        model = RaylaneClassifier()
+        outputs = (np.zeros(len(example)) if regression else
+                   np.asarray(data.classes)[np.zeros(len(example), dtype=int)])
+        params_schema = {} if regression else {"return_probabilities": False}
+        signature = infer_signature(example, outputs, params=params_schema or None)
+        if not data.preprocessor.numeric_only:
+            signature = _typed_signature(signature, data.preprocessor)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            artifacts={"checkpoint": checkpoint_dir, "preprocess": preprocess},
+            code_paths=[package_dir()],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(framework),
+        )
+    loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
+    total, rows = 0.0, 0
+    for raw, labels in iter_raw_rows(data.test):  # in batches: a streamed test split may be large
+        predictions = loaded.predict(raw)
+        if regression:
+            total += float(np.abs(np.asarray(predictions, dtype=np.float64) - labels).sum())
+        else:
+            total += float((predictions == np.asarray(data.classes)[labels]).sum())
+        rows += len(labels)
+    test_score = total / max(rows, 1)
+    mlflow.log_metrics({task.test_metric: test_score, f"best_{task.val_metric}": val_score})
+    return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_score, val_score, params, task)
+
+
+def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
+    """The signature of a model with categorical or boolean columns: numeric columns as doubles,
+    the others as Any (MLflow would cast 'false' or null to a boolean True/False itself; the model's
+    preprocessor types them, and a missing value is imputed), every column optional."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema([ColSpec("double" if c.kind == "numeric" else AnyType(), c.name, required=False)
+                     for c in preprocessor.columns])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
+
+
+def _pip_requirements(framework: str) -> list[str]:
+    """Returns exact pins of what the served model imports, so it never asks for an unpinned build."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+
+    pins = {"mlflow": mlflow.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+    if framework == "tensorflow":
+        for dist in ("tensorflow-cpu", "tensorflow"):
+            try:
+                pins[dist] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        pins["keras"] = version("keras")
+    else:
+        pins["torch"] = version("torch").split("+")[0]
+    return [f"{name}=={v}" for name, v in pins.items()]

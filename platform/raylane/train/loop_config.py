@@ -1,0 +1,75 @@
+"""The typed settings every training worker receives: built once from the config, read by the loops.
+
+Ray Train hands a plain dict to the worker function (it records it with the run), so the trainer
+passes `WorkerLoopConfig.to_dict()` and the loop's first line is `WorkerLoopConfig.from_dict(...)`.
+Every field is resolved here, once; the loops never restate a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from raylane.config import PipelineConfig, TrainConfig
+from raylane.model.network import ModelSpec
+from raylane.task import Task, task_named
+
+
+@dataclass(frozen=True)
+class WorkerLoopConfig:
+    """One trial's training settings, as every worker of its fit sees them."""
+
+    spec: ModelSpec
+    """The network to build."""
+    task: str
+    """classification or regression (`raylane.task`)."""
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    seed: int
+    cpus_per_worker: float
+    precision: Literal["fp32", "bf16"]
+    ingest: Literal["auto", "memory", "stream"]
+    ingest_memory_fraction: float
+    train_rows: int
+    """Rows of the whole train split (a worker's shard is about train_rows / world size)."""
+    val_rows: int
+    target_mean: float = 0.0
+    """Regression: the label's train mean and std; the network learns the standardized label."""
+    target_std: float = 1.0
+    hold_at: tuple[int, ...] = ()
+    """asha_promotion: epochs done after which the workers wait for the scheduler (`train.rungs`)."""
+    hold_key: str = ""
+    """asha_promotion: where the scheduler's answer for this trial appears."""
+
+    @property
+    def objective(self) -> Task:
+        return task_named(self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> WorkerLoopConfig:
+        values = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        values["spec"], values["hold_at"] = ModelSpec(**values["spec"]), tuple(values.get("hold_at", ()))
+        return cls(**values)
+
+
+def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any,
+                **hold: Any) -> WorkerLoopConfig:
+    """Returns the workers' settings: train fields with the trial's values on top, the data's
+    shape and label statistics, and (asha_promotion) where to hold at the rungs."""
+    train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
+    spec = ModelSpec(input_dim=data.input_dim, num_classes=data.num_outputs, hidden_size=train.hidden_size,
+                     num_layers=train.num_layers, dropout=train.dropout)
+    loop = WorkerLoopConfig(
+        spec=spec, task=data.task, lr=train.lr, weight_decay=train.weight_decay,
+        batch_size=train.batch_size, epochs=train.epochs, seed=train.seed,
+        cpus_per_worker=train.cpus_per_worker, precision=train.precision, ingest=train.ingest,
+        ingest_memory_fraction=train.ingest_memory_fraction,
+        train_rows=data.num_rows.get("train", 0), val_rows=data.num_rows.get("val", 0),
+        target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0),
+    )
+    return replace(loop, **hold)
