@@ -119,6 +119,9 @@ def raylane_fit(cfg: Any, prepared: Any, storage: str, ingest: str) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raylane.cli import show_progress
+
+    show_progress()  # raylane's own lines, as the CLI shows them
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)

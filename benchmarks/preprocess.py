@@ -139,6 +139,9 @@ def describe(side: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raylane.cli import show_progress
+
+    show_progress()  # raylane's own lines, as the CLI shows them
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)

@@ -151,6 +151,9 @@ def body_for(rows: np.ndarray, columns: list[str], n: int) -> bytes:
 
 
 def main() -> int:
+    from raylane.cli import show_progress
+
+    show_progress()  # raylane's own lines, as the CLI shows them
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10, help="seconds of load per cell")

@@ -92,6 +92,9 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int,
 
 
 def main() -> None:
+    from raylane.cli import show_progress
+
+    show_progress()  # raylane's own lines, as the CLI shows them
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

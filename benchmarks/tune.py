@@ -100,6 +100,9 @@ def trivial_trials(n: int, settings: str, storage: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raylane.cli import show_progress
+
+    show_progress()  # raylane's own lines, as the CLI shows them
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=16, help="configurations each search tries")

@@ -36,7 +36,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from raylane._compat.ray import kv_delete, kv_get, kv_put, mark_trial_paused
 from raylane.train import rungs as hold
-from raylane.train.report import epoch_of
+from raylane.train.report import EpochReport
 
 # The scheduler of each search in this process, by search id: the search algorithm asks it for a
 # free slot. (A restored search unpickles its own copies; they find each other through this.)
@@ -102,10 +102,10 @@ class PromotionASHA(FIFOScheduler):
         self.trials[trial.trial_id] = trial
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        epoch = epoch_of(result)
-        if self._metric not in result or epoch is None:
+        report = EpochReport.of(result)
+        if self._metric not in result or report is None:
             return TrialScheduler.CONTINUE
-        done = epoch + 1
+        done = report.epoch + 1
         decision = self._decide(trial, done, result)
         if done in self.milestones[:-1]:
             # The trial's workers wait after this epoch for an answer: every result there gets
@@ -216,10 +216,10 @@ class PromotionASHA(FIFOScheduler):
 
 def paused_at_rung(trial_id: str, metrics: dict) -> bool:
     """Whether a trial's fit ended because this scheduler paused the trial at a rung."""
-    epoch = epoch_of(metrics)
-    if epoch is None:
+    report = EpochReport.of(metrics)
+    if report is None:
         return False
-    key = hold.go_key(hold_key(trial_id), epoch + 1)
+    key = hold.go_key(hold_key(trial_id), report.epoch + 1)
     return kv_get(key) == hold.PAUSE
 
 

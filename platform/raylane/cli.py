@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": run_command, "serve": serve_command, "promote": promote_command,
                 "rollback": rollback_command}
     if not argv or argv[0] not in commands:
-        asked = bool(argv) and argv[0] in ("-h", "--help")
+        asked = not argv or argv[0] in ("-h", "--help")
         print("usage: raylane {run,serve,promote,rollback} [--help] [options]\n\n"
               "  run       data -> train -> tune -> MLflow -> register -> serve the champion\n"
               "  serve     deploy the current champion from the registry, without training\n"
               "  promote   NAME VERSION: move the champion alias, gated on its test metric\n"
               "  rollback  NAME: move the champion alias back to the previous champion",
               file=sys.stdout if asked else sys.stderr)
-        return 0 if asked else EXIT_CONFIG_ERROR
+        return 0 if argv and asked else EXIT_CONFIG_ERROR
     return commands[argv[0]](argv[1:])
 
 
@@ -107,9 +107,9 @@ def run_command(argv: list[str] | None = None) -> int:
             overrides = overrides_from_args(args)
             given = cfg if args.config or overrides else None
             result = pipeline.resume(args.resume, cfg, given=given, overrides=overrides,
-                                     from_file=bool(args.config), verbose=args.verbose)
+                                     from_file=bool(args.config), quiet=not args.verbose)
         else:
-            result = pipeline.run(cfg, args.run_name, verbose=args.verbose)
+            result = pipeline.run(cfg, args.run_name, quiet=not args.verbose)
         if result.endpoint is not None:
             deploy.keep_serving(on_cluster=result.on_cluster, block=not args.no_block)
         return 0
@@ -130,7 +130,7 @@ def serve_command(argv: list[str] | None = None) -> int:
         from raylane import pipeline
         from raylane.serving import deploy
 
-        _, on_cluster = pipeline.serve_champion(config_from_args(args), verbose=args.verbose)
+        _, on_cluster = pipeline.serve_champion(config_from_args(args), quiet=not args.verbose)
         deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
         return 0
 
@@ -163,13 +163,13 @@ def _alias_command(command: str, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
 
     def move() -> int:
+        from raylane import registry
+        from raylane.tracking import store
+
+        store.configure_client()  # before MLflow is imported: it reads its settings then
         from mlflow import MlflowClient
 
-        from raylane import registry, tracking
-
-        uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
-        tracking.configure_client()
-        client = MlflowClient(uri)
+        client = MlflowClient(store.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri)))
         if command == "promote":
             done = registry.promote(client, args.name, args.version, args.alias, args.force)
         else:

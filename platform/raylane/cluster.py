@@ -19,6 +19,7 @@ from typing import Any
 from raylane import env
 from raylane._compat.ray import send_cluster_messages_to
 from raylane.config import PipelineConfig
+from raylane.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ SELF_CONFIGURING = ("mlflow", "optuna")
 _HANDLER_NAME = "raylane-tool-log"
 
 
-def connect(cfg: PipelineConfig, log_dir: str | None = None, verbose: bool = False) -> bool:
+def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
     """Initialises Ray if needed; returns True when the job runs on an existing cluster.
 
-    Unless `verbose`, Ray's and the other tools' output goes to `<log_dir>/ray.log` (a local
-    directory; unset: a new temporary one) and the Ray session's logs; `verbose` shows it live."""
+    With `log_file` (what `capture_tool_logs` returned), Ray's output goes there and to the Ray
+    session's logs instead of this terminal; without it, Ray prints as it always does."""
     import ray
 
     address = cfg.cluster.address or env.RAY_ADDRESS.get()
@@ -45,14 +46,12 @@ def connect(cfg: PipelineConfig, log_dir: str | None = None, verbose: bool = Fal
         return bool(address)
     if not address and cfg.serve.enabled and cfg.serve.proxy == "haproxy":
         check_haproxy_installed()
-    log_file = None
+    verbose = log_file is None
     if not verbose:
-        # Ray Serve configures its logger when imported: import it first when the run serves.
-        log_file = capture_tool_logs(log_dir, also_import=("ray.serve",) if cfg.serve.enabled else ())
         send_cluster_messages_to(logging.getLogger("ray.raylet"))  # `(raylet) ...` lines: to the file
     # Settings for Ray's processes travel in the job's runtime env: on a cluster they do not
     # inherit this process's environment (see raylane.env).
-    env_vars = env.apply(env.run_settings(cfg, local=not address))
+    env_vars = apply_settings(cfg)
     options = {"runtime_env": {"env_vars": env_vars} if env_vars else None, "log_to_driver": verbose,
                "logging_level": logging.INFO, "logging_format": LOG_FORMAT}
     if address:
@@ -67,6 +66,13 @@ def connect(cfg: PipelineConfig, log_dir: str | None = None, verbose: bool = Fal
         log.info("Ray's output goes to %s (this process) and %s (its workers%s); --verbose shows it here",
                  log_file, session_logs, ", on each node" if address else "")
     return bool(address)
+
+
+def apply_settings(cfg: PipelineConfig) -> dict[str, str]:
+    """Applies the environment settings of a run on `cfg` (raylane.env) and returns those raylane
+    set. Call it before Ray Serve or MLflow is imported: both read their settings then."""
+    address = cfg.cluster.address or env.RAY_ADDRESS.get()
+    return env.apply(env.run_settings(cfg, local=not address))
 
 
 def _start_local(cfg: PipelineConfig, options: dict[str, Any]) -> Any:
@@ -99,9 +105,13 @@ def capture_tool_logs(log_dir: str | None, also_import: tuple[str, ...] = ()) ->
 
     Call it again after importing a tool that installs its own terminal handler on import (this
     imports MLflow, Optuna and `also_import` first, where installed). raylane's own loggers are
-    left to the CLI."""
+    left to the CLI. MLflow reads its settings when imported, so they are applied first."""
+    env.apply(env.MLFLOW)
     directory = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="raylane-logs-"))
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create the log folder {directory}: {err}") from err
     path = directory / LOG_FILE
     for module in (*SELF_CONFIGURING, *also_import):
         if importlib.util.find_spec(module.split(".")[0]) is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from raylane import cluster, data, progress, registry, runs, tracking, tune
 from raylane.config import PipelineConfig
+from raylane.errors import StorageError
 from raylane.serving import deploy
 from raylane.storage import check_storage, join, local_copy, local_or_uri
 from raylane.train.trainer import check_backend_installed
@@ -43,10 +44,11 @@ class PipelineResult:
 
 
 def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.RunRecord | None = None,
-        verbose: bool = False) -> PipelineResult:
+        quiet: bool = False) -> PipelineResult:
     """Runs the whole pipeline on `cfg` and returns what it produced; the endpoint keeps serving
     as long as Ray does. `run_name`: a new run's name (default <model>-<timestamp>; an existing name
-    is refused). `resume_from`: the record of a stopped run to continue (`resume`)."""
+    is refused). `resume_from`: the record of a stopped run to continue (`resume`). `quiet`: other
+    tools' output (Ray, Tune, MLflow, the workers) goes to the run's log file, not the terminal."""
     storage_path = local_or_uri(cfg.storage_path)
     if resume_from is None:
         run_name = run_name or runs.new_run_name(cfg)
@@ -54,13 +56,12 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
     else:
         run_name = resume_from.run_name
     check_backend_installed(cfg.train)
-    log_dir = _log_dir(storage_path, run_name)
-    if not verbose:  # from here on other tools' chatter goes to the run's log file
-        cluster.capture_tool_logs(log_dir)
+    cluster.apply_settings(cfg)
+    log_file = _capture_logs(cfg, storage_path, run_name) if quiet else None
     experiment_id = tracking.configure(cfg.tracking)  # an unreachable MLflow server fails here
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
 
-    on_cluster = cluster.connect(cfg, log_dir=log_dir, verbose=verbose)
+    on_cluster = cluster.connect(cfg, log_file=log_file)
     check_storage(storage_path)  # writable, and the same directory on every node, before any work
     record = resume_from or runs.start(storage_path, run_name, cfg)
     if resume_from is None:
@@ -73,17 +74,9 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
         if record.mlflow_run_id is None:
             tracking.log_dataset(prepared)
             record = runs.update(storage_path, record, mlflow_run_id=run_id, experiment_id=experiment_id)
-        record = _registered_before(cfg, record, run_id, storage_path)
-        if record.registered_version is None:
-            with progress.stage("tune", f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} workers"):
-                best = search(cfg, prepared, run_name, storage_path, tracking_uri, experiment_id, run_id,
-                              resume=resume_from is not None)
-            promotion = register(cfg, prepared, best, storage_path)
-            record = runs.update(storage_path, record, registered_version=promotion.version,
-                                 promotion=promotion.summary)
-        else:
-            progress.say(f"training already finished in an earlier attempt: model {cfg.model.name} "
-                         f"v{record.registered_version}")
+        mlflow_ids = (tracking_uri, experiment_id, run_id)
+        record = _train_and_register(cfg, prepared, record, storage_path, mlflow_ids,
+                                     resume=resume_from is not None)
 
     progress.say(f"model {cfg.model.name} v{record.registered_version}: {record.promotion}")
     progress.say(f"MLflow parent run {run_id}")
@@ -93,14 +86,14 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
 
 
 def resume(run_name: str, cfg: PipelineConfig, *, given: PipelineConfig | None = None,
-           overrides: list[str] = (), from_file: bool = False, verbose: bool = False) -> PipelineResult:
+           overrides: list[str] = (), from_file: bool = False, quiet: bool = False) -> PipelineResult:
     """Continues the stopped run `run_name` (found under `cfg.storage_path`) with its own config.
     `given`: a config the user stated for it (with --config: it must describe the same run; with
     --set alone, `overrides`, only the overridden fields are compared)."""
     storage_path = local_or_uri(cfg.storage_path)
     record = runs.resume(storage_path, run_name, given, overrides, from_file=from_file)
     progress.say(f"resuming run {record.run_name} (attempt {record.resumes + 1}): storage {storage_path}")
-    return run(record.pipeline_config(), resume_from=record, verbose=verbose)
+    return run(record.pipeline_config(), resume_from=record, quiet=quiet)
 
 
 def prepare_data(cfg: PipelineConfig, storage_path: str, run_name: str) -> data.PreparedData:
@@ -149,16 +142,49 @@ def serve(cfg: PipelineConfig, tracking_uri: str, prepared: Any = None) -> str:
     return url
 
 
-def serve_champion(cfg: PipelineConfig, verbose: bool = False) -> tuple[str, bool]:
+def serve_champion(cfg: PipelineConfig, quiet: bool = False) -> tuple[str, bool]:
     """Deploys the version `model.champion_alias` names, without training; returns (the endpoint's
-    base URL, whether it runs on an existing cluster). ModelNotFoundError when there is none."""
+    base URL, whether it runs on an existing cluster). ModelNotFoundError when there is none.
+    `quiet`: other tools' output goes to a log file (in a temporary folder), not the terminal."""
+    cluster.apply_settings(cfg)
+    log_file = cluster.capture_tool_logs(None, also_import=("ray.serve",)) if quiet else None
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
     version = registry.champion_version(tracking_uri, cfg.model.name, cfg.model.champion_alias)
-    on_cluster = cluster.connect(cfg, log_dir=None, verbose=verbose)
+    on_cluster = cluster.connect(cfg, log_file=log_file)
     with progress.stage("serve", f"{cfg.model.name} v{version} ({cfg.model.champion_alias})"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     deploy.announce(url, cfg.model)
     return url, on_cluster
+
+
+def _train_and_register(cfg: PipelineConfig, prepared: data.PreparedData, record: runs.RunRecord,
+                        storage_path: str, mlflow_ids: tuple[str, str, str], resume: bool) -> runs.RunRecord:
+    """Searches and registers the best model, unless an earlier attempt of this run already did;
+    returns the run's record with the version it registered. `mlflow_ids`: the tracking URI, the
+    experiment id and the parent run id."""
+    tracking_uri, experiment_id, run_id = mlflow_ids
+    record = _registered_before(cfg, record, run_id, storage_path)
+    if record.registered_version is not None:
+        progress.say(f"training already finished in an earlier attempt: model {cfg.model.name} "
+                     f"v{record.registered_version}")
+        return record
+    with progress.stage("tune", f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} workers"):
+        best = search(cfg, prepared, record.run_name, storage_path, tracking_uri, experiment_id, run_id,
+                      resume=resume)
+    promotion = register(cfg, prepared, best, storage_path)
+    return runs.update(storage_path, record, registered_version=promotion.version,
+                       promotion=promotion.summary)
+
+
+def _capture_logs(cfg: PipelineConfig, storage_path: str, run_name: str) -> str:
+    """Sends other tools' output to the run's log file; returns its path. StorageError naming
+    `storage_path` when the folder cannot be made there."""
+    try:
+        # Ray Serve configures its logger when imported: import it first when the run serves.
+        return cluster.capture_tool_logs(_log_dir(storage_path, run_name),
+                                         also_import=("ray.serve",) if cfg.serve.enabled else ())
+    except StorageError as err:
+        raise StorageError(f"storage_path {storage_path!r}: {err}") from err
 
 
 def _registered_before(cfg: PipelineConfig, record: runs.RunRecord, run_id: str,
@@ -175,6 +201,6 @@ def _registered_before(cfg: PipelineConfig, record: runs.RunRecord, run_id: str,
 
 
 def _log_dir(storage_path: str, run_name: str) -> str | None:
-    """Where other tools' output goes (`ray.log`): the run's `logs/` on local storage, else a
-    temporary directory; `raylane.cluster.connect` prints the path."""
-    return None if "://" in storage_path else join(storage_path, run_name, "logs")
+    """Where other tools' output goes (`ray.log`): the run's `logs/` on local storage, else (a URI)
+    a temporary directory; `raylane.cluster.connect` prints the path."""
+    return None if "://" in storage_path else join(storage_path, run_name, runs.LOGS_DIR)

@@ -12,16 +12,22 @@ which is what `rollback` replays. A running endpoint that follows the alias swit
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
 import json
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raylane import env
 from raylane.config import ModelConfig
 from raylane.errors import ModelNotFoundError, PromotionRefused, RaylaneError, TrackingError
 from raylane.task import CLASSIFICATION, task_judged_by
+
+if TYPE_CHECKING:
+    from raylane.tracking.model_logging import LoggedModel
 
 GATE_TAG = "raylane.gate_metric"  # which test metric a version is judged by
 PROMOTION_TAG = "raylane.promotion"
@@ -86,6 +92,11 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 def gate_metric(version: Any) -> str:
     """The test metric a registered version is judged by (older versions: test_accuracy)."""
     return version.tags.get(GATE_TAG, CLASSIFICATION.test_metric)
+
+
+def recorded(score: float) -> str:
+    """A score as the registry records it on a version (and the gate then compares it)."""
+    return f"{score:.6f}"
 
 
 def metric_of(version: Any, metric: str | None = None) -> float | None:
@@ -212,20 +223,27 @@ class Promotion:
         return f"{'promoted' if self.promoted else 'kept'}: {self.reason}"
 
 
-def register_if_better(cfg: ModelConfig, model: Any) -> Promotion:
+def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     """Registers a logged model (`raylane.tracking.LoggedModel`) with its scores; the gate decides
     whether it takes the champion alias. Recorded on the version and the active MLflow run."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    version = str(mlflow.register_model(model.model_uri, cfg.name).version)
-    tags = {model.test_metric: f"{model.test_score:.6f}", model.val_metric: f"{model.val_score:.6f}",
+    # MLflow prints "Successfully registered model ..." to stderr itself: into MLflow's own log
+    # (the run's log file) with the rest of its output instead.
+    with contextlib.redirect_stderr(io.StringIO()) as said:
+        version = str(mlflow.register_model(model.model_uri, cfg.name).version)
+    if said.getvalue().strip():
+        logging.getLogger("mlflow").info(said.getvalue().strip())
+    tags = {model.test_metric: recorded(model.test_score), model.val_metric: recorded(model.val_score),
             GATE_TAG: model.test_metric, RUN_ID_TAG: model.run_id, "raylane.params": json.dumps(model.params)}
     for key, value in tags.items():
         client.set_model_version_tag(cfg.name, version, key, value)
     holder = alias_holder(client, cfg.name, cfg.champion_alias)
-    verdict = judge(cfg.champion_alias, version, model.test_metric, model.test_score, holder)
+    # Judged by the score as recorded, as `promote` judges it: a tie is a tie in both.
+    score = float(tags[model.test_metric])
+    verdict = judge(cfg.champion_alias, version, model.test_metric, score, holder)
     reason = verdict.reason
     if holder is not None and gate_metric(holder) != model.test_metric:
         reason += f"; `raylane promote {cfg.name} {version} --force` to switch"

@@ -4,9 +4,10 @@
     <storage_path>/<run_name>/data/        the prepared splits (complete when _RAYLANE_COMPLETE exists)
     <storage_path>/<run_name>/tune/        Tune's experiment state (Tuner.restore reads it)
     <storage_path>/<run_name>/trials/      one Ray Train run per trial, with its checkpoints
+    <storage_path>/<run_name>/logs/        Ray's and the other tools' output (local storage)
 
-A run name is never reused by a new run: starting one whose directory exists is refused, and
-`--resume NAME` continues it with the config it was started with.
+A run name is never reused by a new run: starting one whose directory holds anything but its logs
+is refused, and `--resume NAME` continues it with the config it was started with.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from raylane.config import PipelineConfig, _apply_override, config_from_dict
 from raylane.errors import ConfigError
 
 RECORD_FILE = "run.json"
+LOGS_DIR = "logs"
 # Sections that say where and how to serve or connect, not what is trained: a resumed run may change them.
 RESUMABLE_CHANGES = ("cluster", "serve", "storage_path")
 
@@ -50,8 +52,9 @@ def new_run_name(cfg: PipelineConfig) -> str:
 
 
 def check_new(storage_path: str, run_name: str) -> None:
-    """ConfigError if a run of this name already exists (runs are never overwritten)."""
-    if storage.read_text(storage.join(storage_path, run_name, RECORD_FILE)) is not None:
+    """ConfigError if a run of this name already exists (runs are never overwritten). Its `logs/`
+    alone is not a run: the output of this run's start goes there before the run is recorded."""
+    if set(storage.list_names(storage.join(storage_path, run_name))) - {LOGS_DIR}:
         raise ConfigError(f"--run-name {run_name!r} already exists under {storage_path}: continue it with "
                           f"--resume {run_name}, or choose another name (runs are never overwritten)")
 

@@ -35,6 +35,14 @@ def split(storage_path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), storage_path
 
 
+def list_names(path: str) -> list[str]:
+    """Returns the names of the entries in the directory at a local path or URI ([] if none)."""
+    fs, inner = split(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    return [posixpath.basename(info.path) for info in fs.get_file_info(pafs.FileSelector(inner))]
+
+
 def read_text(path: str) -> str | None:
     """Returns the text of the file at a local path or URI, None if there is none."""
     fs, inner = split(path)

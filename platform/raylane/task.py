@@ -42,11 +42,6 @@ class Task:
         """The metrics a search may optimise for this task: its score first, then the loss."""
         return (self.val_metric, VAL_LOSS)
 
-    @property
-    def epoch_metrics(self) -> tuple[str, ...]:
-        """What every epoch records, in MLflow and in a checkpoint's history."""
-        return (TRAIN_LOSS, VAL_LOSS, self.val_metric)
-
     def better(self, new: float, old: float) -> bool:
         """True when `new` is strictly better than `old` on this task's scores."""
         return new > old if self.higher_is_better else new < old

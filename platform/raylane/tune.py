@@ -34,7 +34,7 @@ from raylane.data import PreparedData
 from raylane.errors import TrainingError
 from raylane.storage import filesystem, path_exists
 from raylane.task import ALL_EPOCH_METRICS, EPOCH
-from raylane.train.report import epoch_of
+from raylane.train.report import EpochReport
 from raylane.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -348,10 +348,10 @@ class TrialProgress(tune.Callback):
         log.info("trial %s started: %s", trial.trial_id, ", ".join(params))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        epoch = epoch_of(result)
-        if epoch is None:
+        report = EpochReport.of(result)
+        if report is None:
             return
-        done = self.done[trial.trial_id] = epoch + 1
+        done = self.done[trial.trial_id] = report.epoch + 1
         value = result.get(self.metric)
         best = self.best.get(trial.trial_id)
         if isinstance(value, int | float) and (best is None or self.sign * value > self.sign * best[0]):

@@ -131,3 +131,40 @@ def test_the_curated_api_is_reachable_from_the_package(name) -> None:
     import raylane
 
     assert getattr(raylane, name) is not None and name in raylane.__all__
+
+
+def test_a_model_logged_before_the_model_package_still_loads(tmp_path) -> None:
+    """Versions registered by an earlier raylane pickle `raylane.mlflow_model.RaylaneClassifier`,
+    and their files carry no format version: a rollback to one must still serve."""
+    import json
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+    from raylane import mlflow_model
+    from raylane.model.checkpoint import SPEC_FILE, save_torch_state
+    from raylane.model.network import ModelSpec, build_mlp
+
+    columns = ["a", "b", "c"]
+    spec = ModelSpec(input_dim=3, num_classes=2, hidden_size=4, num_layers=1, dropout=0.0)
+    network = build_mlp(spec)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    save_torch_state(str(checkpoint), network, torch.optim.Adam(network.parameters()), 0, spec)
+    (checkpoint / SPEC_FILE).write_text(json.dumps(spec.to_dict()))  # no format_version then
+    preprocess = tmp_path / "preprocess.json"  # the oldest layout: numeric columns, no version
+    preprocess.write_text(json.dumps({"feature_columns": columns, "mean": [0.0] * 3, "std": [1.0] * 3,
+                                      "classes": [3, 7]}))
+    cls = mlflow_model.RaylaneClassifier
+    home = cls.__module__
+    cls.__module__ = "raylane.mlflow_model"  # pickled by the path old versions name
+    try:
+        mlflow.pyfunc.save_model(str(tmp_path / "model"), python_model=cls(),
+                                 artifacts={"checkpoint": str(checkpoint), "preprocess": str(preprocess)})
+    finally:
+        cls.__module__ = home
+    assert b"raylane.mlflow_model" in (tmp_path / "model" / "python_model.pkl").read_bytes()
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    predictions = model.predict(pd.DataFrame(np.ones((2, 3)), columns=columns))
+    assert set(predictions.tolist()) <= {3, 7} and len(predictions) == 2

@@ -88,3 +88,13 @@ def test_bf16_is_for_pytorch_workers() -> None:
     assert "train.precision: 'bf16' is supported with train.backend 'torch' only" in str(err.value)
     with pytest.raises(ConfigError, match="train.precision: 'fp16' is not one of 'fp32', 'bf16'"):
         load_config(None, ["train.precision=fp16"])
+
+
+def test_the_search_metrics_accepted_are_those_of_the_tasks() -> None:
+    import typing
+
+    from raylane.config import TuneConfig
+    from raylane.task import TASKS
+
+    accepted = set(typing.get_args(TuneConfig.model_fields["metric"].annotation))
+    assert accepted == {m for task in TASKS.values() for m in task.search_metrics}

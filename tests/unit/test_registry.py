@@ -54,3 +54,43 @@ def test_rollback_refuses_after_a_move_outside_raylane(client) -> None:
     with pytest.raises(RaylaneError, match="moved outside raylane"):
         registry.rollback(client, "m")
     assert champion(client) == "3"
+
+
+class Version:
+    """A registered version as the gate sees it: a number and its tags."""
+
+    def __init__(self, version: str, **tags: str) -> None:
+        self.version, self.tags = version, tags
+
+
+@pytest.mark.parametrize(("metric", "new", "old", "allowed", "words"), [
+    ("test_accuracy", 0.98, 0.95, True, "beats champion v2's 0.9500"),
+    ("test_accuracy", 0.95, 0.95, False, "a tie keeps v2"),
+    ("test_accuracy", 0.80, 0.95, False, "is below champion v2's 0.9500"),
+    ("test_mae", 1.5, 2.0, True, "beats champion v2's 2.0000"),
+    ("test_mae", 2.0, 2.0, False, "a tie keeps v2"),
+    ("test_mae", 2.5, 2.0, False, "is above champion v2's 2.0000"),
+])
+def test_the_gate_promotes_only_a_strictly_better_score(metric, new, old, allowed, words) -> None:
+    holder = Version("2", **{metric: str(old), registry.GATE_TAG: metric})
+    verdict = registry.judge("champion", "3", metric, new, holder)
+    assert verdict.allowed is allowed and words in verdict.reason
+
+
+def test_the_gate_on_a_first_version_another_task_and_a_missing_score() -> None:
+    assert registry.judge("champion", "1", "test_accuracy", 0.9, None).allowed
+    other_task = Version("2", test_mae="2.0", **{registry.GATE_TAG: "test_mae"})
+    verdict = registry.judge("champion", "3", "test_accuracy", 0.99, other_task)
+    assert not verdict.allowed and "not comparable" in verdict.reason
+    holder = Version("2", test_accuracy="0.9")
+    assert not registry.judge("champion", "3", "test_accuracy", None, holder).allowed
+    assert registry.judge("champion", "3", "test_accuracy", 0.5, Version("2")).allowed  # none recorded
+
+
+def test_promote_by_hand_refuses_a_tie_unless_forced(client) -> None:
+    version = client.create_model_version("m", source="unused")
+    client.set_model_version_tag("m", version.version, "test_accuracy", "0.95")
+    registry.promote(client, "m", "2")
+    with pytest.raises(RaylaneError, match="a tie keeps v2"):
+        registry.promote(client, "m", version.version)
+    assert registry.promote(client, "m", version.version, force=True).version == str(version.version)

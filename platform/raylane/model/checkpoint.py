@@ -80,20 +80,23 @@ def save_torch_state(directory: str, model: Any, optimizer: Any, epoch: int, spe
     write_spec(directory, spec)
 
 
-def read_torch_state(directory: str) -> dict[str, Any]:
-    """Returns {"model", "optimizer", "epoch"} as saved by `save_torch_state`, on the CPU."""
+def restore_torch_state(directory: str, model: Any, optimizer: Any | None = None) -> int:
+    """Loads a torch model's (and optimizer's) state from `directory`; returns the checkpoint's epoch."""
     import torch
 
-    return torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
+    state = torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"])
 
 
 def load_torch_model(directory: str) -> tuple[Any, ModelSpec, int]:
     """Returns (torch model in eval mode, its spec, its epoch) from a checkpoint directory."""
     spec = read_spec(directory)
-    state = read_torch_state(directory)
     model = build_mlp(spec)
-    model.load_state_dict(state["model"])
-    return model.eval(), spec, state["epoch"]
+    epoch = restore_torch_state(directory, model)
+    return model.eval(), spec, epoch
 
 
 def save_keras_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: ModelSpec) -> None:

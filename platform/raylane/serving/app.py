@@ -24,7 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raylane import serving
+from raylane import env, serving
 from raylane._compat.starlette import route_path
 from raylane._compat.uvicorn import install_one_write_responses
 from raylane.errors import ModelNotFoundError
@@ -192,8 +192,10 @@ class ModelServer:
     """One replica: holds the champion (and canary), follows the registry, answers the routes."""
 
     def __init__(self, args: ServeArgs):
-        if args.proxy == "haproxy":  # a killed replica then leaves no cut answer HAProxy cannot
-            install_one_write_responses()  # replay: see raylane._compat.uvicorn
+        # Behind HAProxy (asked for, or the cluster's Ray started in HAProxy mode, as a `serve deploy`
+        # of serve_apps does it) a killed replica then leaves no cut answer HAProxy cannot replay.
+        if args.proxy == "haproxy" or env.SERVE_ENABLE_HA_PROXY.value() == "1":
+            install_one_write_responses()  # see raylane._compat.uvicorn
         self.args = args
         self.metrics = ServingMetrics(args.model_name)
         self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds))

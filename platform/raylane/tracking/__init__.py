@@ -5,20 +5,26 @@
     trial_logger.py   the Tune callback that writes each trial's nested run, through outages
     model_logging.py  the best checkpoint logged as a pyfunc model and scored on the test split
 
-Which version becomes champion is `raylane.registry`'s decision, not this package's.
+Which version becomes champion is `raylane.registry`'s decision, not this package's. The names
+below load their module on first use: a command that only needs the store imports no Ray Tune.
 """
 
-from raylane.tracking.model_logging import LoggedModel, log_best_model
-from raylane.tracking.parent_run import log_dataset, log_tune_results, pipeline_run
-from raylane.tracking.store import (
-    DEFAULT_TRACKING_URI,
-    check_server,
-    configure,
-    configure_client,
-    resolve_tracking_uri,
-)
-from raylane.tracking.trial_logger import TrialRunLogger
+from __future__ import annotations
 
-__all__ = ["DEFAULT_TRACKING_URI", "LoggedModel", "TrialRunLogger", "check_server", "configure",
-           "configure_client", "log_best_model", "log_dataset", "log_tune_results", "pipeline_run",
-           "resolve_tracking_uri"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "DEFAULT_TRACKING_URI": "store", "check_server": "store", "configure": "store",
+    "configure_client": "store", "resolve_tracking_uri": "store",
+    "log_dataset": "parent_run", "log_tune_results": "parent_run", "pipeline_run": "parent_run",
+    "TrialRunLogger": "trial_logger",
+    "LoggedModel": "model_logging", "log_best_model": "model_logging",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'raylane.tracking' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"raylane.tracking.{_NAMES[name]}"), name)

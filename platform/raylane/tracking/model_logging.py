@@ -47,13 +47,13 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     from mlflow.models import infer_signature
 
     from raylane.data import iter_raw_rows, raw_rows
-    from raylane.model.pyfunc import RaylaneClassifier, package_dir, write_preprocess
+    from raylane.model.pyfunc import PREPROCESS_FILE, RaylaneClassifier, package_dir, write_preprocess
 
     task = task_named(data.task)
     regression = task.loss == "mse"
     example, _ = raw_rows(data.test, limit=5)
     with tempfile.TemporaryDirectory() as tmp:
-        preprocess = write_preprocess(os.path.join(tmp, "preprocess.json"), data.preprocessor,
+        preprocess = write_preprocess(os.path.join(tmp, PREPROCESS_FILE), data.preprocessor,
                                       data.classes, framework, data.task, data.target)
         model = RaylaneClassifier()
         outputs = (np.zeros(len(example)) if regression else

@@ -14,7 +14,7 @@ from ray import tune
 
 from raylane.errors import TrackingError
 from raylane.task import EPOCH, VAL_LOSS
-from raylane.train.report import START_EPOCH, epoch_of, history_of, scores_of
+from raylane.train.report import EpochReport
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +71,20 @@ class TrialRunLogger(tune.Callback):
         self._send("start", trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        epoch = epoch_of(result)
-        if epoch is None:
+        report = EpochReport.of(result)
+        if report is None:
             return
-        start = int(result.get(START_EPOCH, 0))
         stamp = int(result.get("timestamp", time.time()) * 1000)
-        if start and epoch == start:  # the first epoch of a worker group resumed from a checkpoint
+        if report.resumed:  # the first epoch of a worker group resumed from a checkpoint
             # After a pause (a promotion by asha_promotion) that is the plan, not a restart.
             promoted = trial.trial_id in self.paused
             self.paused.discard(trial.trial_id)
-            self._send("promoted" if promoted else "resumed", trial.trial_id, int(start))
+            self._send("promoted" if promoted else "resumed", trial.trial_id, report.start_epoch)
             # Epochs up to the checkpoint, from the checkpoint itself: those whose reports died with
             # a killed driver are written now; those already on record are skipped as usual.
-            for past in history_of(result):
-                self._send("epoch", trial.trial_id, epoch_of(past), stamp, scores_of(past))
-        self._send("epoch", trial.trial_id, epoch, stamp, scores_of(result))
+            for past in filter(None, map(EpochReport.of, report.history or [])):
+                self._send("epoch", trial.trial_id, past.epoch, stamp, past.scores())
+        self._send("epoch", trial.trial_id, report.epoch, stamp, report.scores())
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # raylane's trials keep their checkpoints in Ray Train: Tune saves one only to pause it.
@@ -110,7 +109,8 @@ class TrialRunLogger(tune.Callback):
                 continue
             for _, row in frame.dropna(subset=[EPOCH]).sort_values(EPOCH).iterrows():
                 stamp = int(row.get("timestamp", time.time()) * 1000)
-                self._send("epoch", trial_id, epoch_of(row), stamp, scores_of(row, drop_nan=True))
+                report = EpochReport.of(row)
+                self._send("epoch", trial_id, report.epoch, stamp, report.scores())
             self._send("finish", trial_id, "FAILED" if result.error else "FINISHED")
         self.flush()
 

@@ -1,7 +1,8 @@
 """What a training worker reports each epoch: one type for the loops, Tune's schedulers and MLflow.
 
 The loops build an `EpochReport` and send `report.metrics()` with `ray.train.report`; Tune hands
-the same keys to its callbacks and schedulers, which read them back with `EpochReport.of(result)`.
+the same keys to its callbacks and schedulers (the trial logger, `asha`, the trial table), which
+read them back with `EpochReport.of(result)`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from raylane.task import ALL_EPOCH_METRICS, EPOCH, TRAIN_LOSS, VAL_LOSS
+from raylane.task import EPOCH, TASKS, TRAIN_LOSS, VAL_LOSS
 
 START_EPOCH = "start_epoch"
 HISTORY = "history"
+VAL_SCORES = tuple(task.val_metric for task in TASKS.values())
 
 
 @dataclass
@@ -60,23 +62,31 @@ class EpochReport:
         return out
 
     def scores(self) -> dict[str, float]:
-        """The metrics recorded per epoch (losses and the validation score)."""
-        return {TRAIN_LOSS: self.train_loss, VAL_LOSS: self.val_loss, self.val_metric: self.val_score}
+        """The metrics recorded per epoch (losses and the validation score); NaN: not reported."""
+        found = {TRAIN_LOSS: self.train_loss, VAL_LOSS: self.val_loss, self.val_metric: self.val_score}
+        return {k: v for k, v in found.items() if v == v}
+
+    @classmethod
+    def of(cls, result: Any) -> EpochReport | None:
+        """Reads a report back from what Tune passes on (a result, a row of its table, a history
+        entry); None for a result that is not an epoch's report."""
+        epoch = result.get(EPOCH)
+        if epoch is None or epoch != epoch:
+            return None
+        reported = {m: _number(result.get(m)) for m in VAL_SCORES}
+        val_metric = next((m for m, v in reported.items() if v == v), VAL_SCORES[0])
+        history = result.get(HISTORY)
+        return cls(
+            epoch=int(epoch), train_loss=_number(result.get(TRAIN_LOSS)),
+            val_loss=_number(result.get(VAL_LOSS)), val_metric=val_metric, val_score=reported[val_metric],
+            start_epoch=int(result.get(START_EPOCH) or 0),
+            history=list(json.loads(history)) if isinstance(history, str) and history else None,
+        )
 
 
-def epoch_of(result: dict[str, Any]) -> int | None:
-    """The 0-based epoch of a Tune result, None for a result that is not an epoch's report."""
-    epoch = result.get(EPOCH)
-    return None if epoch is None else int(epoch)
-
-
-def scores_of(result: Any, drop_nan: bool = False) -> dict[str, float]:
-    """The per-epoch metrics found in a result, a history entry or a row of Tune's table (where a
-    NaN is a metric the row's trial never reported: `drop_nan`)."""
-    found = {k: float(result[k]) for k in ALL_EPOCH_METRICS if k in result}
-    return {k: v for k, v in found.items() if v == v} if drop_nan else found
-
-
-def history_of(result: dict[str, Any]) -> list[dict[str, float]]:
-    """The epochs before a resumed worker group's checkpoint, carried by its first report."""
-    return list(json.loads(result.get(HISTORY) or "[]"))
+def _number(value: Any) -> float:
+    """A reported value as a float; NaN when it was not reported."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -37,8 +37,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer = keras.optimizers.Adam(learning_rate=cfg.lr, weight_decay=cfg.weight_decay or None)
         optimizer.build(model.trainable_variables)
 
-    # history: every epoch's metrics so far, kept in the checkpoints
-    start_epoch, history = steps.resume(lambda directory: restore_keras_state(directory, model, optimizer))
+    # A restarted worker group or a resumed trial continues from its checkpoint, never starts over.
+    # history: every epoch's metrics so far, kept in the checkpoints.
+    start_epoch, history = steps.resume(lambda path: restore_keras_state(path, model, optimizer))
 
     batch_size = cfg.batch_size
     global_batch = batch_size * strategy.num_replicas_in_sync
@@ -77,7 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
 
-    def save(directory: str) -> None:
+    def save(directory: str, epoch: int) -> None:
         save_keras_state(directory, model, optimizer, epoch, cfg.spec)
 
     world_size = ray.train.get_context().get_world_size()

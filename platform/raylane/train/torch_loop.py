@@ -15,7 +15,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from raylane.model.checkpoint import read_torch_state, save_torch_state
+from raylane.model.checkpoint import restore_torch_state, save_torch_state
 from raylane.model.network import build_mlp
 from raylane.task import Task
 from raylane.train import ingest, steps
@@ -34,14 +34,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = Objective(cfg)
 
-    def restore(directory: str) -> int:
-        state = read_torch_state(directory)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return state["epoch"]
-
-    # history: every epoch's metrics so far, kept in the checkpoints
-    start_epoch, history = steps.resume(restore)
+    # A restarted worker group or a resumed trial continues from its checkpoint, never starts over.
+    # history: every epoch's metrics so far, kept in the checkpoints.
+    start_epoch, history = steps.resume(lambda path: restore_torch_state(path, _unwrap(model), optimizer))
 
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
@@ -69,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return dataset.batches(batch_size, seed)
         return ingest.streamed(dataset, batch_size, device, seed)
 
-    def save(directory: str) -> None:
+    def save(directory: str, epoch: int) -> None:
         save_torch_state(directory, _unwrap(model), optimizer, epoch, cfg.spec)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -86,11 +81,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             total_loss += loss.detach() * len(labels)
             total_rows += len(labels)
 
+        train_loss = total_loss.item() / max(total_rows, 1)  # waits for the device: the epoch's end
         epoch_time = clock.wall_s()
         val_loss, val_score = evaluate(model, batches(val_data, max(cfg.batch_size, 256)), objective,
                                        precision)
         report = EpochReport(
-            epoch=epoch, train_loss=total_loss.item() / max(total_rows, 1), val_loss=val_loss,
+            epoch=epoch, train_loss=train_loss, val_loss=val_loss,
             val_metric=objective.task.val_metric, val_score=val_score, start_epoch=start_epoch,
             train_rows=total_rows * world_size,  # rows seen by all workers this epoch
             epoch_time_s=epoch_time,
