@@ -5,6 +5,7 @@ Ray Serve serves the champion. Importing this package has no side effects and im
 Ray nor a training framework; the names below load their modules on first use.
 
     import raylane
+    raylane.show_progress()            # the `[raylane] ...` stage lines, as the CLI prints them
     cfg = raylane.load_config("pipelines/configs/digits_torch.yaml", ["train.epochs=5"])
     result = raylane.run(cfg)          # data -> search -> register -> serve
     result.endpoint, result.version, result.promotion
@@ -27,6 +28,7 @@ _API = {
     "serve_champion": "raylane.pipeline",
     "Task": "raylane.task",
     "RaylaneError": "raylane.errors",
+    "show_progress": "raylane.cli",
 }
 __all__ = [*_API, "__version__"]
 

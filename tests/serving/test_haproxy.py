@@ -59,9 +59,15 @@ def test_haproxy_ingress_serves_all_protocols_on_loopback(registry, tmp_path) ->
             "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": row}]})
         assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == v1.json()["predictions"]
         assert httpx.post(f"{url}/invocations", json={"instances": [row]}, timeout=30).json() == v1.json()
-        sockets = listening(psutil.Process(server.pid))
-        frontend = [ip for ip, p in sockets if p == port]
-        replicas = [ip for ip, p in sockets if 30000 <= p <= 31000]
+        # HAProxy reloads (a new process takes the listening socket over) as replicas come up: a
+        # listing taken during a hand-over can miss the frontend, so look again for a while.
+        for _ in range(20):
+            sockets = listening(psutil.Process(server.pid))
+            frontend = [ip for ip, p in sockets if p == port]
+            replicas = [ip for ip, p in sockets if 30000 <= p <= 31000]
+            if frontend and replicas:
+                break
+            time.sleep(0.5)
         assert frontend and set(frontend) == {"127.0.0.1"}, sockets
         assert replicas and set(replicas) == {"127.0.0.1"}, sockets
         while "press Ctrl-C" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
