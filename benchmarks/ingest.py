@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune": {"metric": "val_accuracy"},
         "cluster": {"num_cpus": args.cpus}, "serve": {"enabled": False},
     })
-    cluster.connect(cfg)  # as the pipeline starts Ray
+    cluster.connect(cfg)  # as the pipeline starts Ray, with Ray's output shown (the workers' lines)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prepared = data.prepare(cfg.data, tmp)
         batch = prepared.train.take_batch(batch_size=prepared.train.count(), batch_format="numpy")

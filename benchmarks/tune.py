@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_trivial:
             stock = trivial_trials(args.trivial, "stock", tmp + "/trivial")
             ours = trivial_trials(args.trivial, "raylane", tmp + "/trivial")
-        # As the pipeline starts Ray (the dashboard's State API frees stopped trials' resources).
+        # As the pipeline starts Ray (the dashboard's State API frees stopped trials' resources),
+        # with Ray's output shown.
         cluster.connect(load_config(None, [f"cluster.num_cpus={args.cpus}", "serve.enabled=false"]))
         asha = search(str(source), tmp + "/asha", args.asha, args.samples, args.epochs)
         full = search(str(source), tmp + "/fifo", "fifo", args.samples, args.epochs)

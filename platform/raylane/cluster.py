@@ -1,9 +1,10 @@
 """Connecting to Ray: join the cluster named by config or RAY_ADDRESS, else start a local one.
 
-Ray's output goes to log files unless `verbose`: what Ray, Tune, Ray Data, MLflow and Python
-warnings log in this process, and the raylet's `(raylet) ...` messages to it, go to
-`<log_dir>/ray.log`; Ray's workers (Train workers and controllers, Tune trials, Serve replicas)
-write to the Ray session's log directory instead of this terminal. `connect` logs both paths once.
+With a log file (`capture_tool_logs`, what the CLI does unless --verbose) Ray's output stays out
+of the terminal: what Ray, Tune, Ray Data, MLflow and Python warnings log in this process, and the
+raylet's `(raylet) ...` messages to it, go to that file; Ray's workers (Train workers and
+controllers, Tune trials, Serve replicas) write to the Ray session's log directory. `connect` logs
+both paths once. Without one, Ray prints as it always does.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
 def apply_settings(cfg: PipelineConfig) -> dict[str, str]:
     """Applies the environment settings of a run on `cfg` (raylane.env) and returns those raylane
     set. Call it before Ray Serve or MLflow is imported: both read their settings then."""
-    address = cfg.cluster.address or env.RAY_ADDRESS.get()
+    import ray
+
+    # A Ray already running here (a notebook's) read its settings when it started, as a cluster did.
+    address = cfg.cluster.address or env.RAY_ADDRESS.get() or ray.is_initialized()
     return env.apply(env.run_settings(cfg, local=not address))
 
 

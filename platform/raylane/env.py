@@ -80,7 +80,8 @@ MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = EnvVar(
     "download; in a pipeline's output they are noise", "MLflow (driver)")
 SERVE_ENABLE_HA_PROXY = EnvVar(
     "RAY_SERVE_ENABLE_HA_PROXY", "1", "`serve.proxy: haproxy` on a local Ray: HAProxy in front of the "
-    "replicas (on a cluster, start every node's Ray with it)", "Ray Serve (set before Ray starts)")
+    "replicas (on a cluster, start every node's Ray with it; raylane's replicas then write each "
+    "response in one socket write)", "Ray Serve (set before Ray starts), raylane's replicas")
 SERVE_THROUGHPUT_OPTIMIZED = EnvVar(
     "RAY_SERVE_THROUGHPUT_OPTIMIZED", "1", "with HAProxy: Serve's low-overhead request path, which "
     "HAProxy mode is measured with", "Ray Serve (set before Ray starts)")

@@ -48,7 +48,8 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
     """Runs the whole pipeline on `cfg` and returns what it produced; the endpoint keeps serving
     as long as Ray does. `run_name`: a new run's name (default <model>-<timestamp>; an existing name
     is refused). `resume_from`: the record of a stopped run to continue (`resume`). `quiet`: other
-    tools' output (Ray, Tune, MLflow, the workers) goes to the run's log file, not the terminal."""
+    tools' output (Ray, Tune, MLflow) goes to the run's log file and the workers' to Ray's session
+    logs, not the terminal (the CLI's default)."""
     storage_path = local_or_uri(cfg.storage_path)
     if resume_from is None:
         run_name = run_name or runs.new_run_name(cfg)

@@ -232,10 +232,13 @@ def register_if_better(cfg: ModelConfig, model: LoggedModel) -> Promotion:
     client = MlflowClient()
     # MLflow prints "Successfully registered model ..." to stderr itself: into MLflow's own log
     # (the run's log file) with the rest of its output instead.
-    with contextlib.redirect_stderr(io.StringIO()) as said:
-        version = str(mlflow.register_model(model.model_uri, cfg.name).version)
-    if said.getvalue().strip():
-        logging.getLogger("mlflow").info(said.getvalue().strip())
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            version = str(mlflow.register_model(model.model_uri, cfg.name).version)
+    finally:
+        if said.getvalue().strip():
+            logging.getLogger("mlflow").info(said.getvalue().strip())
     tags = {model.test_metric: recorded(model.test_score), model.val_metric: recorded(model.val_score),
             GATE_TAG: model.test_metric, RUN_ID_TAG: model.run_id, "raylane.params": json.dumps(model.params)}
     for key, value in tags.items():

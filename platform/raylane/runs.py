@@ -54,7 +54,8 @@ def new_run_name(cfg: PipelineConfig) -> str:
 def check_new(storage_path: str, run_name: str) -> None:
     """ConfigError if a run of this name already exists (runs are never overwritten). Its `logs/`
     alone is not a run: the output of this run's start goes there before the run is recorded."""
-    if set(storage.list_names(storage.join(storage_path, run_name))) - {LOGS_DIR}:
+    names = storage.list_names(storage.join(storage_path, run_name))
+    if [n for n in names if n != LOGS_DIR and not n.startswith(f"{RECORD_FILE}.")]:  # .tmp: a cut write
         raise ConfigError(f"--run-name {run_name!r} already exists under {storage_path}: continue it with "
                           f"--resume {run_name}, or choose another name (runs are never overwritten)")
 

@@ -109,7 +109,7 @@ class TrialRunLogger(tune.Callback):
                 continue
             for _, row in frame.dropna(subset=[EPOCH]).sort_values(EPOCH).iterrows():
                 stamp = int(row.get("timestamp", time.time()) * 1000)
-                report = EpochReport.of(row)
+                report = EpochReport.of(row, nan_is_missing=True)
                 self._send("epoch", trial_id, report.epoch, stamp, report.scores())
             self._send("finish", trial_id, "FAILED" if result.error else "FINISHED")
         self.flush()

@@ -24,11 +24,12 @@ class EpochReport:
 
     epoch: int
     """0-based; `epoch + 1` epochs are done."""
-    train_loss: float
-    val_loss: float
+    train_loss: float | None
+    """None only in a report read back (`of`) that lacks it; a NaN is a loss that diverged."""
+    val_loss: float | None
     val_metric: str
     """The task's validation score's name: val_accuracy or val_mae."""
-    val_score: float
+    val_score: float | None
     start_epoch: int = 0
     """The first epoch of this worker group: > 0 when it resumed from a checkpoint."""
     train_rows: int = 0
@@ -62,31 +63,30 @@ class EpochReport:
         return out
 
     def scores(self) -> dict[str, float]:
-        """The metrics recorded per epoch (losses and the validation score); NaN: not reported."""
+        """The metrics recorded per epoch (losses and the validation score) that were reported."""
         found = {TRAIN_LOSS: self.train_loss, VAL_LOSS: self.val_loss, self.val_metric: self.val_score}
-        return {k: v for k, v in found.items() if v == v}
+        return {k: v for k, v in found.items() if v is not None}
 
     @classmethod
-    def of(cls, result: Any) -> EpochReport | None:
-        """Reads a report back from what Tune passes on (a result, a row of its table, a history
-        entry); None for a result that is not an epoch's report."""
-        epoch = result.get(EPOCH)
+    def of(cls, result: Any, nan_is_missing: bool = False) -> EpochReport | None:
+        """Reads a report back from what Tune passes on (a result, a history entry, or a row of
+        Tune's table, where a NaN is a metric that row's trial did not report: `nan_is_missing`);
+        None for a result that is not an epoch's report."""
+        def number(key: str) -> float | None:
+            try:
+                value = float(result.get(key))
+            except (TypeError, ValueError):
+                return None
+            return None if nan_is_missing and value != value else value
+
+        epoch = number(EPOCH)
         if epoch is None or epoch != epoch:
             return None
-        reported = {m: _number(result.get(m)) for m in VAL_SCORES}
-        val_metric = next((m for m, v in reported.items() if v == v), VAL_SCORES[0])
-        history = result.get(HISTORY)
+        val_metric = next((m for m in VAL_SCORES if number(m) is not None), VAL_SCORES[0])
+        start, history = number(START_EPOCH), result.get(HISTORY)
         return cls(
-            epoch=int(epoch), train_loss=_number(result.get(TRAIN_LOSS)),
-            val_loss=_number(result.get(VAL_LOSS)), val_metric=val_metric, val_score=reported[val_metric],
-            start_epoch=int(result.get(START_EPOCH) or 0),
+            epoch=int(epoch), train_loss=number(TRAIN_LOSS), val_loss=number(VAL_LOSS),
+            val_metric=val_metric, val_score=number(val_metric),
+            start_epoch=int(start) if start is not None and start == start else 0,
             history=list(json.loads(history)) if isinstance(history, str) and history else None,
         )
-
-
-def _number(value: Any) -> float:
-    """A reported value as a float; NaN when it was not reported."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
