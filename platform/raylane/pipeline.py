@@ -133,9 +133,11 @@ def register(cfg: PipelineConfig, prepared: data.PreparedData, best: tune.BestTr
     return promotion
 
 
-def serve(cfg: PipelineConfig, tracking_uri: str, prepared: Any = None) -> str:
-    """The serve stage: the alias's version deployed on Ray Serve; returns the endpoint's base URL."""
-    with progress.stage("serve", f"{cfg.model.name}@{cfg.model.champion_alias}"):
+def serve(cfg: PipelineConfig, tracking_uri: str, prepared: Any = None, version: str | None = None) -> str:
+    """The serve stage: the alias's version deployed on Ray Serve; returns the endpoint's base URL.
+    `prepared`: the run's data, for a ready-to-paste request; `version`: the alias's, to name it."""
+    model, alias = cfg.model.name, cfg.model.champion_alias
+    with progress.stage("serve", f"{model} v{version} ({alias})" if version else f"{model}@{alias}"):
         url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
     deploy.announce(url, cfg.model)
     if prepared is not None:
@@ -152,10 +154,7 @@ def serve_champion(cfg: PipelineConfig, quiet: bool = False) -> tuple[str, bool]
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
     version = registry.champion_version(tracking_uri, cfg.model.name, cfg.model.champion_alias)
     on_cluster = cluster.connect(cfg, log_file=log_file)
-    with progress.stage("serve", f"{cfg.model.name} v{version} ({cfg.model.champion_alias})"):
-        url = deploy.deploy(cfg.serve, cfg.model, tracking_uri)
-    deploy.announce(url, cfg.model)
-    return url, on_cluster
+    return serve(cfg, tracking_uri, version=version), on_cluster
 
 
 def _train_and_register(cfg: PipelineConfig, prepared: data.PreparedData, record: runs.RunRecord,

@@ -7,7 +7,7 @@ Every field is resolved here, once; the loops never restate a default.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from raylane.config import PipelineConfig, TrainConfig
@@ -64,12 +64,11 @@ def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any,
     train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
     spec = ModelSpec(input_dim=data.input_dim, num_classes=data.num_outputs, hidden_size=train.hidden_size,
                      num_layers=train.num_layers, dropout=train.dropout)
-    loop = WorkerLoopConfig(
+    return WorkerLoopConfig(
         spec=spec, task=data.task, lr=train.lr, weight_decay=train.weight_decay,
         batch_size=train.batch_size, epochs=train.epochs, seed=train.seed,
         cpus_per_worker=train.cpus_per_worker, precision=train.precision, ingest=train.ingest,
         ingest_memory_fraction=train.ingest_memory_fraction,
         train_rows=data.num_rows.get("train", 0), val_rows=data.num_rows.get("val", 0),
-        target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0),
+        target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0), **hold,
     )
-    return replace(loop, **hold)
