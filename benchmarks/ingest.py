@@ -57,14 +57,14 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: Any, input_dim: int, epochs: i
     """Samples/s of each epoch of the loop a PyTorch user writes with the data in memory (on the
     GPU with --gpu)."""
     import torch
-    from raylane.model.network import ModelSpec, build_mlp
+    from raylane.model.network import TORCH_MLP, InputSpec, ModelSpec, OutputSpec
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
-    spec = ModelSpec(input_dim=input_dim, num_classes=10, hidden_size=cfg.train.hidden_size,
-                     num_layers=cfg.train.num_layers, dropout=0.0)
-    model = build_mlp(spec).to(device)
+    spec = ModelSpec(TORCH_MLP, "torch", InputSpec(input_dim), OutputSpec("classification", 10),
+                     {k: cfg.model.params[k] for k in ("hidden_size", "num_layers") if k in cfg.model.params})
+    model = spec.build().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     features, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     bf16 = cfg.train.precision == "bf16"
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     make_files(workdir / "source", args.rows, args.cols)
     cfg = PipelineConfig.model_validate({
         "data": {"source": str(workdir / "source"), "label_column": "label"},
-        "train": {"num_workers": 1, "epochs": args.epochs, "batch_size": args.batch,
-                  "hidden_size": args.hidden, "num_layers": args.layers, "lr": 1e-3,
+        "model": {"params": {"hidden_size": args.hidden, "num_layers": args.layers}},
+        "train": {"num_workers": 1, "epochs": args.epochs, "batch_size": args.batch, "lr": 1e-3,
                   "use_gpu": args.gpu, "precision": args.precision,
                   "checkpoints_to_keep": args.epochs},  # the result lists kept checkpoints only
         "tune": {"metric": "val_accuracy"},

@@ -32,9 +32,10 @@ def make_data(rows: int) -> tuple[np.ndarray, np.ndarray]:
 def keras_baseline(x: np.ndarray, y: np.ndarray, epochs: int, batch: int) -> float:
     """Returns samples/s of the last epoch of single-process `model.fit`."""
     import keras
-    from raylane.model.network import ModelSpec, build_keras_mlp
+    from raylane.model.network import KERAS_MLP, InputSpec, ModelSpec, OutputSpec
 
-    model = build_keras_mlp(ModelSpec(FEATURES, CLASSES, HIDDEN, LAYERS, 0.0))
+    model = ModelSpec(KERAS_MLP, "tensorflow", InputSpec(FEATURES), OutputSpec("classification", CLASSES),
+                      {"hidden_size": HIDDEN, "num_layers": LAYERS}).build()
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     times: list[float] = []
@@ -80,7 +81,8 @@ def raylane_run(x: np.ndarray, y: np.ndarray, epochs: int, batch: int,
     cfg = load_config(None, ["train.backend=tensorflow", f"train.num_workers={workers}",
                              f"train.epochs={epochs}", f"train.batch_size={batch}",
                              f"train.checkpoints_to_keep={epochs}",  # keep every epoch's timing
-                             f"train.hidden_size={HIDDEN}", f"train.num_layers={LAYERS}", "train.lr=0.001"])
+                             f"model.params.hidden_size={HIDDEN}", f"model.params.num_layers={LAYERS}",
+                             "train.lr=0.001"])
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()
         result = build_trainer(cfg, {}, prepared, name="bench", storage_path=storage).fit()

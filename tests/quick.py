@@ -23,7 +23,7 @@ def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs
     import torch
     from raylane import registry, tracking
     from raylane.model.checkpoint import save_torch_state
-    from raylane.model.network import ModelSpec, build_mlp
+    from raylane.model.network import TORCH_MLP, InputSpec, ModelSpec, OutputSpec
 
     torch.manual_seed(seed)
     batch = prepared.train.take_batch(prepared.train.count(), batch_format="numpy")
@@ -34,9 +34,10 @@ def train_and_register(prepared: Any, directory: str, model: ModelConfig, epochs
         y = torch.from_numpy(((batch["label"] - target["mean"]) / target["std"]).astype(np.float32))
     else:
         y = torch.from_numpy(batch["label"].astype(np.int64))
-    spec = ModelSpec(input_dim=x.shape[1], num_classes=prepared.num_outputs, hidden_size=hidden,
-                     num_layers=layers, dropout=0.0)
-    net = build_mlp(spec)
+    outputs = OutputSpec(prepared.task, prepared.num_outputs)
+    spec = ModelSpec(TORCH_MLP, "torch", InputSpec(x.shape[1]), outputs,
+                     {"hidden_size": hidden, "num_layers": layers})
+    net = spec.build()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(epochs):
         for i in range(0, len(x), 64):

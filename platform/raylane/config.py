@@ -37,9 +37,11 @@ class ClusterConfig(_Section):
 
 class DataConfig(_Section):
     source: str = "sklearn:digits"
-    """'sklearn:digits', 'sklearn:wine', 'sklearn:breast_cancer', or a parquet/csv path, glob or URI."""
-    format: Literal["auto", "parquet", "csv"] = "auto"
-    """File format of a path source; 'auto' guesses from the extension."""
+    """'sklearn:digits', 'sklearn:wine', 'sklearn:breast_cancer', a parquet/csv path, glob or URI, or
+    a folder of images root/<class>/*.png|*.jpg (the subfolder's name is the label)."""
+    format: Literal["auto", "parquet", "csv", "images"] = "auto"
+    """File format of a path source; 'auto' guesses from the extension, and takes a directory whose
+    entries are subdirectories of images as 'images' (a folder per class)."""
     label_column: str = "target"
     """Column holding the label: a class (integers or strings), or a number for regression."""
     task: Literal["classification", "regression"] = "classification"
@@ -85,6 +87,27 @@ class DataConfig(_Section):
     """Seed of the deterministic train/val/test split."""
     num_shards: int = Field(default=4, ge=1)
     """Parquet files written for an sklearn source, so the demo reads sharded data."""
+    image_column: str = "image"
+    """Column of a parquet/csv source holding images: bytes, or a file path (relative to the table's
+    directory); when present it is the only feature. An image folder source names its images so."""
+    image_size: int | tuple[int, int] = 32
+    """Size every image is resized to: one number (square), or [height, width]."""
+    image_channels: Literal[1, 3] = 3
+    """Channels the model takes: 3 (RGB; a grayscale image is repeated) or 1 (grayscale; a color
+    image is a bad row unless its pixels are gray). An image with alpha is always a bad row."""
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, size: int | tuple[int, int]) -> int | tuple[int, int]:
+        if min(size if isinstance(size, tuple) else (size,)) < 1:
+            raise ValueError(f"image sizes are at least 1 pixel, got {size}")
+        return size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the images the model takes, when the data is images."""
+        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        return height, width, self.image_channels
 
 
 class TrainConfig(_Section):
@@ -104,12 +127,10 @@ class TrainConfig(_Section):
     """Adam learning rate."""
     weight_decay: float = Field(default=0.0, ge=0)
     """Adam weight decay."""
-    hidden_size: int = Field(default=128, ge=1)
-    """Width of each hidden layer of the MLP."""
-    num_layers: int = Field(default=2, ge=0)
-    """Number of hidden layers of the MLP."""
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    """Dropout after each hidden layer."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """PyTorch parallelism. ddp: every worker holds the whole model and all-reduces gradients;
+    fsdp: parameters, gradients and optimizer state are sharded across the workers (models that do
+    not fit one worker). The logged model is the plain full model either way."""
     seed: int = 0
     """Seed of model initialisation and shuffling."""
     max_failures: int = Field(default=2, ge=0)
@@ -133,10 +154,16 @@ class TrainConfig(_Section):
         if self.precision != "fp32" and self.backend != "torch":
             raise ValueError(f"train.precision: {self.precision!r} is supported with train.backend "
                              f"'torch' only; the {self.backend} workers train in fp32")
+        if self.strategy != "ddp" and self.backend != "torch":
+            raise ValueError(f"train.strategy: {self.strategy!r} is supported with train.backend "
+                             f"'torch' only; the {self.backend} workers use MultiWorkerMirroredStrategy")
         return self
 
 
-HYPERPARAMETERS = ("lr", "weight_decay", "hidden_size", "num_layers", "dropout", "batch_size")
+HYPERPARAMETERS = ("lr", "weight_decay", "batch_size")
+"""The train fields a search may set; any other search-space name is one of `model.params`."""
+MLP_PARAMS = ("hidden_size", "num_layers", "dropout")
+"""The built-in MLP's params, which configs before model builders set under `train`."""
 
 
 class SearchDim(_Section):
@@ -198,16 +225,18 @@ class TuneConfig(_Section):
     reduction_factor: int = Field(default=2, ge=2)
     """ASHA: keep 1/reduction_factor of the trials at each rung."""
     search_space: dict[str, SearchDim] = Field(default_factory=_default_search_space)
-    """Hyperparameters to search, each overriding the train field of the same name."""
+    """Hyperparameters to search (default: lr and hidden_size; with model.builder set, lr): a
+    train field (lr, weight_decay, batch_size) or an entry of model.params (the builder's keyword
+    arguments; the built-in MLP's are hidden_size, num_layers and dropout), each overriding the
+    configured value in its trial."""
 
     @field_validator("search_space")
     @classmethod
     def _known_hyperparameters(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
         for name in space:
-            if name not in HYPERPARAMETERS:
-                raise ValueError(
-                    f"{name!r} is not a tunable field; accepted: {', '.join(HYPERPARAMETERS)}"
-                )
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is neither a train field ({', '.join(HYPERPARAMETERS)}) "
+                                 "nor a model.params name")
         return space
 
     @property
@@ -230,6 +259,13 @@ class TrackingConfig(_Section):
 class ModelConfig(_Section):
     name: str = Field(default="digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Registered model name; also the name in the endpoint URLs."""
+    builder: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    """The function that builds the network, as 'module.path:function' (importable from the
+    working directory or an installed package): build(inputs, outputs, **params) returns a
+    torch.nn.Module (train.backend torch) or a Keras model (tensorflow). Unset: raylane's MLP."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the builder (the built-in MLP: hidden_size 128, num_layers 2,
+    dropout 0); any of them can be searched by tune.search_space."""
     champion_alias: str = "champion"
     """Registry alias of the version the endpoint serves."""
 
@@ -325,6 +361,36 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _mlp_params_from_train(cls, raw: Any) -> Any:
+        """Configs written before model builders set the MLP's params under `train`: read them as
+        model.params of the built-in MLP (a run recorded then still resumes)."""
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if not isinstance(train, dict) or not any(k in train for k in MLP_PARAMS):
+            return raw
+        model = dict(raw.get("model") or {})
+        if model.get("builder"):
+            name = next(k for k in MLP_PARAMS if k in train)
+            raise ValueError(f"train.{name}: a parameter of the built-in MLP; with model.builder set, "
+                             "give the builder's arguments as model.params")
+        moved = {k: train[k] for k in MLP_PARAMS if k in train}
+        model["params"] = {**moved, **(model.get("params") or {})}
+        return {**raw, "train": {k: v for k, v in train.items() if k not in MLP_PARAMS}, "model": model}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_of_the_builder(cls, raw: Any) -> Any:
+        """With model.builder set and no search space given, the search is over lr alone (the
+        default space's hidden_size is the built-in MLP's)."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if not isinstance(model, dict) or not model.get("builder"):
+            return raw
+        tune = raw.get("tune") or {}
+        if not isinstance(tune, dict) or "search_space" in tune:
+            return raw
+        return {**raw, "tune": {**tune, "search_space": {"lr": _default_search_space()["lr"]}}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _metric_of_the_task(cls, raw: Any) -> Any:
         """An unset tune.metric is the task's own: val_accuracy, or val_mae for regression."""
         if not isinstance(raw, dict):
@@ -355,9 +421,11 @@ class PipelineConfig(_Section):
     def _search_space_fits_train(self) -> PipelineConfig:
         """Every value a trial can draw must be a valid train field, checked before Ray starts."""
         for name, dim in self.tune.search_space.items():
+            if name not in HYPERPARAMETERS:
+                continue  # a model.params entry: checked against the builder (`raylane.builders`)
             candidates = dim.choice if dim.choice is not None else list(
                 dim.loguniform or dim.uniform or (dim.randint[0], dim.randint[1] - 1))
-            if dim.kind in ("uniform", "loguniform") and name in ("hidden_size", "num_layers", "batch_size"):
+            if dim.kind in ("uniform", "loguniform") and name == "batch_size":
                 raise ValueError(f"tune.search_space.{name}: {dim.kind} draws floats; {name} is an "
                                  "integer: use randint or choice")
             for value in candidates:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from raylane import cluster, data, progress, registry, runs, tracking, tune
+from raylane import builders, cluster, data, progress, registry, runs, tracking, tune
 from raylane.config import PipelineConfig
 from raylane.errors import StorageError
 from raylane.serving import deploy
@@ -57,6 +57,7 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
     else:
         run_name = resume_from.run_name
     check_backend_installed(cfg.train)
+    builders.check_builder(cfg)  # model.builder imports and takes model.params: before any work
     cluster.apply_settings(cfg)
     log_file = _capture_logs(cfg, storage_path, run_name) if quiet else None
     experiment_id = tracking.configure(cfg.tracking)  # an unreachable MLflow server fails here
@@ -69,6 +70,7 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
         progress.say(f"run {run_name}: storage {storage_path} (if interrupted: --resume {run_name})")
 
     prepared = prepare_data(cfg, storage_path, run_name)
+    builders.check_output(builders.model_spec(cfg, prepared))  # its output fits the data, before trials
     with tracking.pipeline_run(cfg, run_name, experiment_id, record.mlflow_run_id, record.resumes) as parent:
         run_id = parent.info.run_id
         progress.say(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {tracking_uri})")
@@ -126,7 +128,8 @@ def register(cfg: PipelineConfig, prepared: data.PreparedData, best: tune.BestTr
     with progress.stage("register", f"best trial {best.trial_id} {best.hyperparams}"):
         with local_copy(best.checkpoint_path, storage_path) as checkpoint_dir:
             model = tracking.log_best_model(checkpoint_dir, prepared, best.hyperparams,
-                                            float(best.metrics[task.val_metric]), cfg.train.backend)
+                                            float(best.metrics[task.val_metric]), cfg.train.backend,
+                                            code=builders.code_location(cfg))
         promotion = registry.register_if_better(cfg.model, model)
     progress.say(f"best params {best.hyperparams}; {model.val_metric} {model.val_score:.4f}, "
                  f"{model.test_metric} {model.test_score:.4f}")

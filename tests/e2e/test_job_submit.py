@@ -86,6 +86,9 @@ def test_submitted_job_deploys_an_endpoint_that_outlives_it(head) -> None:
         "python", "-m", "pipelines.train_tune_serve", "--config", "tests/configs/tiny.yaml",
         "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--run-name", "job",
         "--set", f"storage_path={tmp / 'storage'}", "--set", f"serve.port={serve_port}",
+        # a team's own builder, in the working directory: it travels with the job to every worker
+        "--set", "model.builder=examples.tabular_torch:build",
+        "--set", "tune.search_space={lr: {loguniform: [0.003, 0.01]}, width: {choice: [32, 64]}}",
         env=head["env"], timeout=900,
     )
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]

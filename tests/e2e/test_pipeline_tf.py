@@ -1,8 +1,12 @@
-"""The same entrypoint with `train.backend: tensorflow`: a TF champion registered in MLflow and
+"""The same entrypoint with `train.backend: tensorflow` and a team's own Keras model builder (a
+module in a folder outside raylane's tree, as `model.builder`): trained under
+MultiWorkerMirroredStrategy, registered in MLflow with the builder's code inside the model, and
 served through the same HTTP contract, answering exactly what `mlflow.pyfunc` answers."""
 
 from __future__ import annotations
 
+import sys
+import textwrap
 from pathlib import Path
 
 import httpx
@@ -22,15 +26,34 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "configs" / "tiny.yaml")
 
 
+KERAS_BUILDER = """
+import keras
+
+def build(inputs, outputs, *, units: int = 64, dropout: float = 0.0):
+    x = features = keras.Input(shape=(inputs.features,))
+    x = keras.layers.Dense(units, activation="relu")(x)
+    x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(features, keras.layers.Dense(outputs.size)(x))
+"""
+
+
 @pytest.fixture(scope="module")
 def pipeline(ray_local, serve_port, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_tf")
+    code = tmp_path_factory.mktemp("team_code")  # outside raylane's tree
+    (code / "team_keras.py").write_text(textwrap.dedent(KERAS_BUILDER))
+    sys.path.insert(0, str(code))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     overrides = [f"storage_path={tmp / 'storage'}", f"serve.port={serve_port}",
-                 "train.backend=tensorflow", "model.name=digits_tf", "train.batch_size=32"]
+                 "train.backend=tensorflow", "model.name=digits_tf", "train.batch_size=32",
+                 "model.builder=team_keras:build", "model.params.dropout=0.1",
+                 "tune.search_space={lr: {loguniform: [0.005, 0.02]}, units: {choice: [64, 128]}}"]
     argv = ["--config", TINY, "--tracking-uri", uri, "--run-name", "e2e-tf", "--no-block"]
     argv += [a for o in overrides for a in ("--set", o)]
-    assert train_tune_serve.main(argv) == 0
+    try:
+        assert train_tune_serve.main(argv) == 0
+    finally:
+        sys.path.remove(str(code))
     cfg = load_config(TINY, overrides)
     prepared = data.prepare(cfg.data, str(tmp / "storage"))
     raw, labels = data.raw_rows(prepared.test)
@@ -46,6 +69,11 @@ def test_tf_champion_is_registered_with_pinned_tensorflow(pipeline) -> None:
     requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/digits_tf@champion")).read_text()
     assert "tensorflow-cpu==" in requirements and "keras==" in requirements
     assert "torch" not in requirements
+    parent = client.get_run(version.run_id)
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{version.run_id}'")
+    assert trials and {t.data.params.get("units") for t in trials} <= {"64", "128"}  # searched
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/digits_tf/{version.version}"))
+    assert (model_dir / "code" / "team_keras.py").is_file()  # the builder travels inside the model
 
 
 def test_served_tf_model_returns_what_pyfunc_returns(pipeline) -> None:

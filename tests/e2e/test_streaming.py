@@ -48,8 +48,6 @@ train:
   num_workers: 1
   epochs: 1
   batch_size: 512
-  hidden_size: 64
-  num_layers: 1
 tune:
   num_samples: 1
   max_concurrent_trials: 1
@@ -59,6 +57,7 @@ tune:
     lr: {{choice: [0.003]}}
 model:
   name: big
+  params: {{hidden_size: 64, num_layers: 1}}
 serve:
   enabled: false
 """)

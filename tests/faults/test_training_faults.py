@@ -80,11 +80,12 @@ class MlflowServer:
         self.process.wait()
 
 
-def run_pipeline(cluster, tmp: Path, tracking_uri: str, run_name: str) -> threading.Thread:
+def run_pipeline(cluster, tmp: Path, tracking_uri: str, run_name: str,
+                 overrides: tuple[str, ...] = ()) -> threading.Thread:
     """Starts the pipeline in a thread; its exit code lands in thread.rc."""
     argv = ["--config", TINY, "--tracking-uri", tracking_uri, "--run-name", run_name,
             "--set", f"storage_path={tmp / 'storage'}", "--set", f"cluster.address={cluster.address}"]
-    argv += [a for o in FAULT_RUN for a in ("--set", o)]
+    argv += [a for o in (*FAULT_RUN, *overrides) for a in ("--set", o)]
     thread = threading.Thread(target=lambda: setattr(thread, "rc", train_tune_serve.main(argv)), daemon=True)
     thread.rc = None
     thread.start()
@@ -165,6 +166,26 @@ def test_mlflow_outage_during_training_loses_and_duplicates_nothing(worker_kill_
     trial = assert_one_clean_run(run["client"], "worker-kill")  # every epoch exactly once
     assert trial.info.status == "FINISHED"
     assert trial.data.tags["raylane.epochs_completed"] == "10"
+
+
+def test_fsdp_worker_killed_mid_training_resumes_its_shards_from_the_last_checkpoint(cluster,
+                                                                                  tmp_path) -> None:
+    """train.strategy fsdp: each checkpoint holds the full state gathered from both workers' shards;
+    the restarted worker group loads it back into new shards and goes on after it, every epoch in
+    MLflow once, and the logged model (a plain network) is as good as DDP's."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipeline = run_pipeline(cluster, tmp_path, uri, "fsdp-kill", ("train.strategy=fsdp",))
+    wait_for_checkpoint(tmp_path, "fsdp-kill", 2)
+    train_workers()[0].send_signal(signal.SIGKILL)
+    pipeline.join(timeout=600)
+    assert pipeline.rc == 0
+    client = MlflowClient(uri)
+    trial = assert_one_clean_run(client, "fsdp-kill")  # every epoch exactly once
+    assert trial.data.tags["raylane.restarts"] == "1"
+    assert int(trial.data.tags["raylane.resumed_at_epoch"]) >= 3  # from its checkpoint, not epoch 0
+    assert trial.data.tags["raylane.epochs_completed"] == "10"
+    version = client.get_model_version_by_alias("digits", "champion")
+    assert float(version.tags["test_accuracy"]) > 0.85
 
 
 def test_unreachable_tracking_server_fails_fast_before_training(tmp_path, capsys) -> None:

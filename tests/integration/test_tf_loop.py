@@ -33,7 +33,7 @@ def test_two_workers_form_one_strategy_with_identical_weights(prepared, tmp_path
     assert result.metrics["val_accuracy"] > 0.8  # 10 classes: chance is 0.1
     with result.checkpoint.as_directory() as directory:
         model, spec, epoch = load_model(directory)
-    assert epoch == 1 and spec.input_dim == 64 and model.output_shape == (None, 10)
+    assert epoch == 1 and spec.inputs.features == 64 and model.output_shape == (None, 10)
 
 
 def _train_workers(since: float) -> list[int]:

@@ -82,18 +82,20 @@ def test_library_code_logs_and_only_the_cli_prints() -> None:
 
 def test_a_logged_model_loads_and_predicts_where_import_ray_fails(tmp_path) -> None:
     """A Serve replica, `mlflow.pyfunc.load_model` and `mlflow models serve` load only
-    `raylane.model` (and what it needs): proven in a process where `import ray` raises."""
+    `raylane.model` (and what it needs): proven in a process where `import ray` raises. A tabular
+    model needs no Pillow either (only image models pin it): blocked too."""
     import mlflow
     import torch
     from raylane.model.checkpoint import save_torch_state
-    from raylane.model.network import ModelSpec, build_mlp
+    from raylane.model.network import TORCH_MLP, InputSpec, ModelSpec, OutputSpec
     from raylane.model.pyfunc import RaylaneClassifier, package_dir, write_preprocess
     from raylane.preprocess import Column, Preprocessor
 
     columns = [f"x{i}" for i in range(4)]
     preprocessor = Preprocessor([Column(c, "numeric", fill=0.0, mean=0.0, std=1.0) for c in columns])
-    spec = ModelSpec(input_dim=4, num_classes=3, hidden_size=8, num_layers=1, dropout=0.0)
-    network = build_mlp(spec)
+    spec = ModelSpec(TORCH_MLP, "torch", InputSpec(4), OutputSpec("classification", 3),
+                     {"hidden_size": 8, "num_layers": 1})
+    network = spec.build()
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     save_torch_state(str(checkpoint), network, torch.optim.Adam(network.parameters()), 0, spec)
@@ -106,8 +108,8 @@ def test_a_logged_model_loads_and_predicts_where_import_ray_fails(tmp_path) -> N
         import sys, importlib.abc
         class NoRay(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name == "ray" or name.startswith("ray."):
-                    raise ImportError("ray is blocked in this process")
+                if name in ("ray", "PIL") or name.startswith(("ray.", "PIL.")):
+                    raise ImportError(name + " is blocked in this process")
         sys.meta_path.insert(0, NoRay())
         import mlflow, numpy as np, pandas as pd
         model = mlflow.pyfunc.load_model({str(model_dir)!r})
@@ -144,15 +146,17 @@ def test_a_model_logged_before_the_model_package_still_loads(tmp_path) -> None:
     import torch
     from raylane import mlflow_model
     from raylane.model.checkpoint import SPEC_FILE, save_torch_state
-    from raylane.model.network import ModelSpec, build_mlp
+    from raylane.model.network import TORCH_MLP, InputSpec, ModelSpec, OutputSpec
 
     columns = ["a", "b", "c"]
-    spec = ModelSpec(input_dim=3, num_classes=2, hidden_size=4, num_layers=1, dropout=0.0)
-    network = build_mlp(spec)
+    spec = ModelSpec(TORCH_MLP, "torch", InputSpec(3), OutputSpec("classification", 2),
+                     {"hidden_size": 4, "num_layers": 1, "dropout": 0.0})
+    network = spec.build()
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     save_torch_state(str(checkpoint), network, torch.optim.Adam(network.parameters()), 0, spec)
-    (checkpoint / SPEC_FILE).write_text(json.dumps(spec.to_dict()))  # no format_version then
+    old_spec = {"input_dim": 3, "num_classes": 2, "hidden_size": 4, "num_layers": 1, "dropout": 0.0}
+    (checkpoint / SPEC_FILE).write_text(json.dumps(old_spec))  # no format_version then
     preprocess = tmp_path / "preprocess.json"  # the oldest layout: numeric columns, no version
     preprocess.write_text(json.dumps({"feature_columns": columns, "mean": [0.0] * 3, "std": [1.0] * 3,
                                       "classes": [3, 7]}))

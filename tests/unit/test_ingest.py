@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from raylane.model.network import ModelSpec
+from raylane.model.network import TORCH_MLP, InputSpec, ModelSpec, OutputSpec
 from raylane.train import ingest
 from raylane.train.loop_config import WorkerLoopConfig
 
@@ -14,8 +14,9 @@ CPU = torch.device("cpu")
 def loop(ingest: str = "auto", train_rows: int = 0, val_rows: int = 0,
          ingest_memory_fraction: float = 0.25) -> WorkerLoopConfig:
     return WorkerLoopConfig(
-        spec=ModelSpec(64, 10, 32, 1, 0.0), task="classification", lr=1e-3, weight_decay=0.0,
-        batch_size=32, epochs=1, seed=0, cpus_per_worker=1, precision="fp32", ingest=ingest,
+        spec=ModelSpec(TORCH_MLP, "torch", InputSpec(64), OutputSpec("classification", 10)),
+        task="classification", lr=1e-3, weight_decay=0.0, batch_size=32, epochs=1, seed=0,
+        cpus_per_worker=1, precision="fp32", strategy="ddp", ingest=ingest,
         ingest_memory_fraction=ingest_memory_fraction, train_rows=train_rows, val_rows=val_rows)
 
 

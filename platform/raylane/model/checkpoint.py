@@ -18,16 +18,17 @@ from typing import Any
 import numpy as np
 
 from raylane.errors import ModelFormatError
-from raylane.model.network import ModelSpec, build_keras_mlp, build_mlp
+from raylane.model.network import ModelSpec
 from raylane.task import ALL_EPOCH_METRICS, EPOCH
 
 TORCH_STATE_FILE = "state.pt"
 TF_STATE_FILE = "state.npz"
 SPEC_FILE = "spec.json"
 HISTORY_FILE = "history.json"
-FORMAT_VERSION = 1
-"""Version of the checkpoint layout. 1: spec.json carries `format_version`; checkpoints written
-before it (no version in spec.json) have the same files and read the same."""
+FORMAT_VERSION = 2
+"""Version of the checkpoint layout. 2: spec.json names the model builder, its params and the
+input and output specs. 1: spec.json carries `format_version` and the built-in MLP's fields;
+checkpoints written before it (no version) have the same files. Both read as the built-in MLP."""
 FORMAT_KEY = "format_version"
 
 
@@ -48,7 +49,8 @@ def read_spec(directory: str) -> ModelSpec:
     with open(path) as f:
         fields = json.load(f)
     check_format(int(fields.pop(FORMAT_KEY, 0)), FORMAT_VERSION, path)
-    return ModelSpec(**fields)
+    legacy_framework = "tensorflow" if os.path.exists(os.path.join(directory, TF_STATE_FILE)) else "torch"
+    return ModelSpec.from_dict(fields, legacy_framework)
 
 
 def write_history(directory: str, history: list[dict[str, float]]) -> None:
@@ -73,18 +75,30 @@ def history_entry(metrics: dict[str, Any]) -> dict[str, float]:
 
 def save_torch_state(directory: str, model: Any, optimizer: Any, epoch: int, spec: ModelSpec) -> None:
     """Writes a torch model's and optimizer's state, the epoch, and the spec into `directory`."""
+    write_torch_state(directory, model.state_dict(), optimizer.state_dict(), epoch, spec)
+
+
+def write_torch_state(directory: str, model_state: dict[str, Any], optimizer_state: dict[str, Any],
+                      epoch: int, spec: ModelSpec) -> None:
+    """Writes state dicts already taken (a plain network's, e.g. gathered from FSDP shards), the
+    epoch and the spec into `directory`."""
     import torch
 
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+    state = {"model": model_state, "optimizer": optimizer_state, "epoch": epoch}
     torch.save(state, os.path.join(directory, TORCH_STATE_FILE))
     write_spec(directory, spec)
 
 
-def restore_torch_state(directory: str, model: Any, optimizer: Any | None = None) -> int:
-    """Loads a torch model's (and optimizer's) state from `directory`; returns the checkpoint's epoch."""
+def read_torch_state(directory: str) -> dict[str, Any]:
+    """Returns state.pt's {"model", "optimizer", "epoch"}, its tensors on the CPU."""
     import torch
 
-    state = torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
+    return torch.load(os.path.join(directory, TORCH_STATE_FILE), map_location="cpu")
+
+
+def restore_torch_state(directory: str, model: Any, optimizer: Any | None = None) -> int:
+    """Loads a torch model's (and optimizer's) state from `directory`; returns the checkpoint's epoch."""
+    state = read_torch_state(directory)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -94,7 +108,7 @@ def restore_torch_state(directory: str, model: Any, optimizer: Any | None = None
 def load_torch_model(directory: str) -> tuple[Any, ModelSpec, int]:
     """Returns (torch model in eval mode, its spec, its epoch) from a checkpoint directory."""
     spec = read_spec(directory)
-    model = build_mlp(spec)
+    model = spec.build()
     epoch = restore_torch_state(directory, model)
     return model.eval(), spec, epoch
 
@@ -119,5 +133,5 @@ def restore_keras_state(directory: str, model: Any, optimizer: Any | None = None
 def load_keras_model(directory: str) -> tuple[Any, ModelSpec, int]:
     """Returns (Keras model, its spec, its epoch) from a checkpoint directory."""
     spec = read_spec(directory)
-    model = build_keras_mlp(spec)
+    model = spec.build()
     return model, spec, restore_keras_state(directory, model)

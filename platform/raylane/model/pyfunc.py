@@ -98,11 +98,11 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
     import torch
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
-    network, _, _ = load_torch_model(directory)
+    network, spec, _ = load_torch_model(directory)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            outputs = network(torch.from_numpy(scaled))
+            outputs = network(torch.from_numpy(np.ascontiguousarray(spec.inputs.batch(scaled, "torch"))))
             return (outputs if raw else torch.softmax(outputs, dim=1)).numpy()
 
     return probabilities
@@ -111,12 +111,12 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
 def _load_tensorflow(directory: str, raw: bool = False) -> Any:
     import tensorflow as tf
 
-    network, _, _ = load_keras_model(directory)
+    network, spec, _ = load_keras_model(directory)
     forward = tf.function(lambda x: network(x, training=False) if raw else
                           tf.nn.softmax(network(x, training=False), axis=1), reduce_retracing=True)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
-        return forward(tf.convert_to_tensor(scaled)).numpy()
+        return forward(tf.convert_to_tensor(spec.inputs.batch(scaled, "tensorflow"))).numpy()
 
     return probabilities
 

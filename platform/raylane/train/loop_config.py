@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from raylane.config import PipelineConfig, TrainConfig
+from raylane.builders import model_spec
+from raylane.config import HYPERPARAMETERS, PipelineConfig, TrainConfig
 from raylane.model.network import ModelSpec
 from raylane.task import Task, task_named
 
@@ -20,7 +21,7 @@ class WorkerLoopConfig:
     """One trial's training settings, as every worker of its fit sees them."""
 
     spec: ModelSpec
-    """The network to build."""
+    """The network to build (its builder, shapes and params)."""
     task: str
     """classification or regression (`raylane.task`)."""
     lr: float
@@ -30,6 +31,7 @@ class WorkerLoopConfig:
     seed: int
     cpus_per_worker: float
     precision: Literal["fp32", "bf16"]
+    strategy: Literal["ddp", "fsdp"]
     ingest: Literal["auto", "memory", "stream"]
     ingest_memory_fraction: float
     train_rows: int
@@ -53,21 +55,22 @@ class WorkerLoopConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorkerLoopConfig:
         values = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
-        values["spec"], values["hold_at"] = ModelSpec(**values["spec"]), tuple(values.get("hold_at", ()))
+        values["spec"] = ModelSpec.from_dict(values["spec"])
+        values["hold_at"] = tuple(values.get("hold_at", ()))
         return cls(**values)
 
 
 def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any,
                 **hold: Any) -> WorkerLoopConfig:
-    """Returns the workers' settings: train fields with the trial's values on top, the data's
-    shape and label statistics, and (asha_promotion) where to hold at the rungs."""
-    train = TrainConfig.model_validate({**cfg.train.model_dump(), **hyperparams})
-    spec = ModelSpec(input_dim=data.input_dim, num_classes=data.num_outputs, hidden_size=train.hidden_size,
-                     num_layers=train.num_layers, dropout=train.dropout)
+    """Returns the workers' settings: train fields and model params with the trial's values on
+    top, the data's shapes and label statistics, and (asha_promotion) where to hold at the rungs."""
+    train = TrainConfig.model_validate(
+        {**cfg.train.model_dump(), **{k: v for k, v in hyperparams.items() if k in HYPERPARAMETERS}})
     return WorkerLoopConfig(
-        spec=spec, task=data.task, lr=train.lr, weight_decay=train.weight_decay,
-        batch_size=train.batch_size, epochs=train.epochs, seed=train.seed,
-        cpus_per_worker=train.cpus_per_worker, precision=train.precision, ingest=train.ingest,
+        spec=model_spec(cfg, data, hyperparams), task=data.task, lr=train.lr,
+        weight_decay=train.weight_decay, batch_size=train.batch_size, epochs=train.epochs, seed=train.seed,
+        cpus_per_worker=train.cpus_per_worker, precision=train.precision, strategy=train.strategy,
+        ingest=train.ingest,
         ingest_memory_fraction=train.ingest_memory_fraction,
         train_rows=data.num_rows.get("train", 0), val_rows=data.num_rows.get("val", 0),
         target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0), **hold,

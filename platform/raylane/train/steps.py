@@ -60,14 +60,18 @@ class EpochClock:
 def end_epoch(cfg: WorkerLoopConfig, report: EpochReport, history: list[dict[str, float]],
               save: Callable[[str, int], None], clock: EpochClock) -> bool:
     """Checkpoints (rank 0, `save(directory, epoch)` writes the framework's state), reports the
-    epoch, and returns False when the fit ends here: asha_promotion paused the trial at this rung."""
+    epoch, and returns False when the fit ends here: asha_promotion paused the trial at this rung.
+    Under train.strategy fsdp `save` runs on every rank, since gathering the sharded state takes
+    them all; rank 0's directory is still the only checkpoint."""
     if report.resumed:
         report.history = list(history)  # epochs before the checkpoint, for a killed driver's gaps
     history.append(history_entry(report.metrics()))
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
+        rank = ray.train.get_context().get_world_rank()
+        if rank == 0 or cfg.strategy == "fsdp":
             save(directory, report.epoch)
+        if rank == 0:
             write_history(directory, history)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         report.epoch_wall_s, report.epoch_cpu_s = clock.wall_s(), clock.cpu_s()

@@ -16,7 +16,6 @@ from typing import Any
 import ray.train
 
 from raylane.model.checkpoint import restore_keras_state, save_keras_state
-from raylane.model.network import build_keras_mlp
 from raylane.train import steps
 from raylane.train.loop_config import WorkerLoopConfig
 from raylane.train.report import EpochReport
@@ -33,7 +32,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG, set by Ray
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():  # variables become mirrored; initial values come from worker 0
-        model = build_keras_mlp(cfg.spec)
+        model = cfg.spec.build()  # the configured model builder (model.builder)
         optimizer = keras.optimizers.Adam(learning_rate=cfg.lr, weight_decay=cfg.weight_decay or None)
         optimizer.build(model.trainable_variables)
 
@@ -78,6 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
 
+    def as_input(features: Any) -> Any:  # images: [batch, H, W, C]
+        return tf.reshape(features, (-1, *cfg.spec.inputs.shape("tensorflow")))
+
     def save(directory: str, epoch: int) -> None:
         save_keras_state(directory, model, optimizer, epoch, cfg.spec)
 
@@ -91,11 +93,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=batch_size, drop_last=True,
             local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=cfg.seed + epoch,
         ):
-            total_loss += float(train_step(batch["features"], batch["label"]))
+            total_loss += float(train_step(as_input(batch["features"]), batch["label"]))
             batches += 1
 
         epoch_time = clock.wall_s()
-        val_loss, val_score = evaluate(model, val_data, per_row_loss, (mean, std) if regression else None)
+        val_loss, val_score = evaluate(lambda x: model(as_input(x), training=False), val_data, per_row_loss,
+                                       (mean, std) if regression else None)
         report = EpochReport(
             epoch=epoch, train_loss=total_loss / max(batches, 1), val_loss=val_loss,
             val_metric=task.val_metric, val_score=val_score, start_epoch=start_epoch,
@@ -108,15 +111,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return  # asha_promotion paused the trial at this rung: the fit ends here
 
 
-def evaluate(model: Any, dataset: Any, per_row_loss: Any, target: tuple[float, float] | None
+def evaluate(network: Any, dataset: Any, per_row_loss: Any, target: tuple[float, float] | None
              ) -> tuple[float, float]:
-    """Returns (loss, accuracy) of `model` over every row of `dataset`; for regression (`target`:
-    the label's mean and std) (loss, mean absolute error), the error in the label's own units."""
+    """Returns (loss, accuracy) of `network` (inference) over every row of `dataset`; for
+    regression (`target`: the label's mean and std) (loss, mean absolute error), the error in the
+    label's own units."""
     import tensorflow as tf
 
     loss_sum, score, rows = 0.0, 0.0, 0
     for batch in dataset.iter_tf_batches(batch_size=512):
-        outputs = model(batch["features"], training=False)
+        outputs = network(batch["features"])
         labels = batch["label"]
         loss_sum += float(tf.reduce_sum(per_row_loss(labels, outputs)))
         if target is None:

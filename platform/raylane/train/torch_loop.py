@@ -1,7 +1,8 @@
 """What one PyTorch worker does: resume, then per epoch train on its shard, evaluate, report.
 
-Runs inside each Ray Train worker (DDP over gloo on CPU, NCCL on GPU). `config` is a
-`WorkerLoopConfig` as a dict (`raylane.train.loop_config`): optimiser settings plus the model spec.
+Runs inside each Ray Train worker (gloo on CPU, NCCL on GPU), with DDP or, under
+`train.strategy: fsdp`, the network sharded across the workers (`raylane.train.fsdp`). `config` is
+a `WorkerLoopConfig` as a dict (`raylane.train.loop_config`): optimiser settings plus the model spec.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import torch
 from torch import nn
 
 from raylane.model.checkpoint import restore_torch_state, save_torch_state
-from raylane.model.network import build_mlp
 from raylane.task import Task
-from raylane.train import ingest, steps
+from raylane.train import fsdp, ingest, steps
 from raylane.train.loop_config import WorkerLoopConfig
 from raylane.train.report import EpochReport
 
@@ -29,14 +29,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = WorkerLoopConfig.from_dict(config)
     steps.worker_logging()
     torch.manual_seed(cfg.seed)
-    model = ray.train.torch.prepare_model(build_mlp(cfg.spec))  # DDP wrapper, moved to the device
+    sharded = cfg.strategy == "fsdp"
+    if sharded:  # parameters, gradients and optimizer state split across the workers
+        model = fsdp.shard(ray.train.torch.prepare_model(cfg.spec.build(), parallel_strategy=None))
+    else:  # the model.builder's network, whole on every worker, DDP-wrapped
+        model = ray.train.torch.prepare_model(cfg.spec.build())
     # AdamW: decoupled weight decay, as Keras' Adam(weight_decay=...) on the TensorFlow path.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = Objective(cfg)
 
     # A restarted worker group or a resumed trial continues from its checkpoint, never starts over.
     # history: every epoch's metrics so far, kept in the checkpoints.
-    start_epoch, history = steps.resume(lambda path: restore_torch_state(path, _unwrap(model), optimizer))
+    def restore(directory: str) -> int:
+        if sharded:  # each rank loads its shards from the full state
+            return fsdp.restore_full_state(directory, model, optimizer)
+        return restore_torch_state(directory, _unwrap(model), optimizer)
+
+    start_epoch, history = steps.resume(restore)
 
     train_shard = ray.train.get_dataset_shard("train")  # this worker's part of train
     val_data = ray.train.get_dataset_shard("val")  # all of val, on every worker
@@ -45,7 +54,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     world_size = context.get_world_size()
 
     mode, why = ingest.choose(cfg, device, context.get_local_world_size(), world_size,
-                              row_bytes=4 * cfg.spec.input_dim + 8)
+                              row_bytes=4 * cfg.spec.inputs.features + 8)
     if cfg.ingest == "auto":
         agreed = ingest.agree(mode, world_size, device)
         why += "" if agreed == mode else "; stream, as another rank's shard does not fit"
@@ -64,8 +73,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return dataset.batches(batch_size, seed)
         return ingest.streamed(dataset, batch_size, device, seed)
 
-    def save(directory: str, epoch: int) -> None:
-        save_torch_state(directory, _unwrap(model), optimizer, epoch, cfg.spec)
+    def network(features: torch.Tensor) -> torch.Tensor:  # images: [batch, C, H, W]
+        return model(cfg.spec.inputs.batch(features, "torch"))
+
+    def save(directory: str, epoch: int) -> None:  # fsdp: end_epoch calls it on every rank
+        if sharded:  # every rank sends its shards, rank 0 writes the full state
+            fsdp.save_full_state(directory, model, optimizer, epoch, cfg.spec)
+        else:
+            save_torch_state(directory, _unwrap(model), optimizer, epoch, cfg.spec)
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -74,8 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for features, labels in batches(train_shard, cfg.batch_size, cfg.seed + epoch):
             optimizer.zero_grad(set_to_none=True)
             with precision:
-                loss = objective.loss(model(features), labels)
-            loss.backward()  # DDP all-reduces the gradients here
+                loss = objective.loss(network(features), labels)
+            loss.backward()  # DDP all-reduces the gradients here (FSDP reduce-scatters them)
             optimizer.step()
             # Summed on the device: no host synchronisation per batch (loss.item() would wait).
             total_loss += loss.detach() * len(labels)
@@ -83,13 +98,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         train_loss = total_loss.item() / max(total_rows, 1)  # waits for the device: the epoch's end
         epoch_time = clock.wall_s()
-        val_loss, val_score = evaluate(model, batches(val_data, max(cfg.batch_size, 256)), objective,
+        model.eval()
+        val_loss, val_score = evaluate(network, batches(val_data, max(cfg.batch_size, 256)), objective,
                                        precision)
         report = EpochReport(
             epoch=epoch, train_loss=train_loss, val_loss=val_loss,
             val_metric=objective.task.val_metric, val_score=val_score, start_epoch=start_epoch,
             train_rows=total_rows * world_size,  # rows seen by all workers this epoch
             epoch_time_s=epoch_time,
+            extra={"parameters_on_worker": fsdp.local_parameters(model)} if sharded else {},
         )
         if not steps.end_epoch(cfg, report, history, save, clock):
             return  # asha_promotion paused the trial at this rung: the fit ends here
@@ -125,14 +142,14 @@ def autocast(cfg: WorkerLoopConfig, device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
-def evaluate(model: nn.Module, batches: Any, objective: Objective, precision: Any) -> tuple[float, float]:
-    """Returns (loss, score: accuracy or mean absolute error) of `model` over (features, labels)."""
-    model.eval()
+def evaluate(network: Any, batches: Any, objective: Objective, precision: Any) -> tuple[float, float]:
+    """Returns (loss, score: accuracy or mean absolute error) of `network` (in eval mode) over
+    (features, labels)."""
     loss_sum, score, rows = 0.0, 0.0, 0
     with torch.no_grad():
         for features, labels in batches:
             with precision:
-                outputs = model(features).float()
+                outputs = network(features).float()
             loss_sum += objective.loss(outputs, labels, reduction="sum").item()
             score += objective.score(outputs, labels)
             rows += len(labels)

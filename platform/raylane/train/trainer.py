@@ -35,10 +35,12 @@ def build_trainer(
     storage_path: str,
     callbacks: list[Any] = (),
     hold: dict[str, Any] | None = None,
+    worker_env: dict[str, Any] | None = None,
 ) -> Any:
     """Returns the trainer for one trial (TorchTrainer with DDP, or TensorflowTrainer with
     MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries. `hold`: where the
-    workers wait at the rungs (asha_promotion; `raylane.asha.hold_config`)."""
+    workers wait at the rungs (asha_promotion; `raylane.asha.hold_config`). `worker_env`: the
+    workers' runtime env (`raylane.builders.worker_runtime_env`: the model builder's code)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     if cfg.train.backend == "tensorflow":
@@ -75,5 +77,6 @@ def build_trainer(
                 max_failures=cfg.train.max_failures, controller_failure_limit=cfg.train.max_failures
             ),
             callbacks=list(callbacks),
+            worker_runtime_env=worker_env or None,
         ),
     )
