@@ -8,6 +8,9 @@ Column kinds:
     boolean      true/false, 1/0, yes/no; missing -> the train share of true; kept as 0..1
     categorical  any value, compared as text; one column per train category (the most frequent
                  `max_categories`); a missing value or one never seen in training -> all zeros
+    image        image bytes, or base64 text (`raylane.images`); decoded, resized to the column's
+                 size, scaled to [0, 1] and standardized per channel with the train mean and std;
+                 height * width * channels values, in that order (HWC, flattened)
 
 The same coercion decides what a bad value is when the data is read (`coerce`) and what a client
 may send to the endpoint, so training and serving can never disagree on a row. The preprocessor is
@@ -23,8 +26,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-Kind = Literal["numeric", "categorical", "boolean"]
-KINDS: tuple[str, ...] = ("numeric", "categorical", "boolean")
+Kind = Literal["numeric", "categorical", "boolean", "image"]
+KINDS: tuple[str, ...] = ("numeric", "categorical", "boolean", "image")
+PIXELS_PREFIX = "__pixels:"
+"""Typed rows of an image column `c` (the data stage's) hold its raw bytes under `c` and the decoded
+uint8 pixels, HWC, as bytes under PIXELS_PREFIX + c."""
+_IMAGE_FIELDS = ("image_size", "channels", "channel_mean", "channel_std")
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
@@ -49,6 +56,8 @@ def coerce(values: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray]:
         typed = pd.Series([None if _missing(v) else _text(v) for v in values], index=values.index,
                           dtype=object)
         return typed, np.zeros(len(values), dtype=bool)
+    if kind == "image":
+        raise ValueError("an image column is decoded (Column.pixels), not coerced")
     raise ValueError(f"unknown column kind {kind!r}; one of {', '.join(KINDS)}")
 
 
@@ -132,10 +141,43 @@ class Column:
     std: float = 1.0
     categories: list[str] = field(default_factory=list)
     """categorical: the train categories, one output column each, most frequent first."""
+    image_size: list[int] = field(default_factory=list)
+    """image: [height, width] every image is resized to."""
+    channels: int = 0
+    """image: 1 (gray) or 3 (RGB)."""
+    channel_mean: list[float] = field(default_factory=list)
+    """image: the train mean of each channel's values scaled to [0, 1]."""
+    channel_std: list[float] = field(default_factory=list)
+    """image: the train standard deviation of each channel's values scaled to [0, 1]."""
 
     @property
     def width(self) -> int:
+        if self.kind == "image":
+            return self.image_size[0] * self.image_size[1] * self.channels
         return len(self.categories) if self.kind == "categorical" else 1
+
+    def pixels(self, values: pd.Series) -> np.ndarray:
+        """image: decodes raw values (bytes or base64 text) to uint8 [n, height, width, channels];
+        ValueError naming the column, the row (position in `values`) and the problem."""
+        from raylane.images import decode_image  # Pillow: a requirement of image models only
+
+        size = (self.image_size[0], self.image_size[1])
+        out = np.empty((len(values), *size, self.channels), dtype=np.uint8)
+        for row, value in enumerate(values):
+            try:
+                if _missing(value):
+                    raise ValueError("the image is missing")
+                out[row] = decode_image(value, size, self.channels)
+            except ValueError as err:  # ImageTooLarge stays itself: the endpoint answers 413
+                raise type(err)(f"column {self.name!r}, row {row}: {err}") from err
+        return out
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """image: uint8 pixels [n, ..., channels] -> float32 [n, height * width * channels]."""
+        std = np.asarray(self.channel_std, dtype=np.float32)
+        scale, shift = 1.0 / (255.0 * std), np.asarray(self.channel_mean, dtype=np.float32) / std
+        values = pixels.reshape(len(pixels), -1, self.channels).astype(np.float32) * scale - shift
+        return values.reshape(len(pixels), -1)
 
 
 @dataclass(frozen=True)
@@ -158,7 +200,21 @@ class Preprocessor:
     def numeric_only(self) -> bool:
         return all(c.kind == "numeric" for c in self.columns)
 
+    @property
+    def is_image(self) -> bool:
+        """Whether the model takes one image (its only column is of kind image)."""
+        return len(self.columns) == 1 and self.columns[0].kind == "image"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of the image the model takes; None unless `is_image`."""
+        if not self.is_image:
+            return None
+        column = self.columns[0]
+        return column.image_size[0], column.image_size[1], column.channels
+
     def output_names(self) -> list[str]:
+        """A name per encoded value; an image column's are not listed one by one: its name once."""
         names = []
         for c in self.columns:
             names += [f"{c.name}={v}" for v in c.categories] if c.kind == "categorical" else [c.name]
@@ -169,6 +225,9 @@ class Preprocessor:
         column with a value of the wrong kind (the row is its position in `frame`)."""
         parts = []
         for c in self.columns:
+            if c.kind == "image":
+                parts.append(c.normalize(c.pixels(frame[c.name])))
+                continue
             typed, bad = coerce(frame[c.name], c.kind)
             if bad.any():
                 row = int(bad.argmax())
@@ -181,11 +240,11 @@ class Preprocessor:
 
     def transform_typed(self, frame: pd.DataFrame) -> np.ndarray:
         """`transform` for rows already coerced (`coerce`: float64 with NaN for numeric and
-        boolean columns, text or None for categorical), as the data stage holds them: the numbers
-        are imputed and scaled as one matrix."""
+        boolean columns, text or None for categorical; decoded pixels under PIXELS_PREFIX for an
+        image), as the data stage holds them: the numbers are imputed and scaled as one matrix."""
         if not self.columns:
             return np.zeros((len(frame), 0), dtype=np.float32)
-        numbers = [c for c in self.columns if c.kind != "categorical"]
+        numbers = [c for c in self.columns if c.kind in ("numeric", "boolean")]
         out = np.empty((len(frame), self.width), dtype=np.float32)
         if numbers:
             x = frame[[c.name for c in numbers]].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -197,6 +256,8 @@ class Preprocessor:
         for c in self.columns:
             if c.kind == "categorical":
                 out[:, at:at + c.width] = self._encode(c, frame[c.name])
+            elif c.kind == "image":
+                out[:, at:at + c.width] = c.normalize(_pixel_rows(frame[PIXELS_PREFIX + c.name], c.width))
             else:
                 out[:, at] = x[:, k]
                 k += 1
@@ -227,13 +288,17 @@ class Preprocessor:
         return values[:, None]
 
     @classmethod
-    def fit(cls, kinds: dict[str, str], stats: dict[str, dict[str, Any]], max_categories: int
-            ) -> Preprocessor:
+    def fit(cls, kinds: dict[str, str], stats: dict[str, dict[str, Any]], max_categories: int,
+            image_shape: tuple[int, int, int] | None = None) -> Preprocessor:
         """Builds the preprocessor from train statistics per column: numeric and boolean
-        {n, sum, sumsq}, categorical {counts: {value: n}}."""
+        {n, sum, sumsq}, categorical {counts: {value: n}}, image {n, sum, sumsq} per channel of
+        the values scaled to [0, 1]; an image column takes `image_shape` (height, width, channels)."""
         columns = []
         for name, kind in kinds.items():
             s = stats.get(name, {})
+            if kind == "image":
+                columns.append(_fit_image(name, s, image_shape))
+                continue
             if kind == "categorical":
                 counts = s.get("counts", {})
                 top = sorted(counts, key=lambda v: (-counts[v], v))[:max_categories]
@@ -250,17 +315,50 @@ class Preprocessor:
         return cls(columns)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": [asdict(c) for c in self.columns]}
+        """Plain JSON; a column that is not an image has the fields it had before image columns."""
+        return {"columns": [{k: v for k, v in asdict(c).items()
+                             if c.kind == "image" or k not in _IMAGE_FIELDS} for c in self.columns]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
         return cls([Column(**c) for c in data["columns"]])
 
 
-def column_stats(frame: pd.DataFrame, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per-column statistics of typed rows (see `Preprocessor.fit`); summed across blocks by `merge_stats`."""
+def _fit_image(name: str, stats: dict[str, Any], shape: tuple[int, int, int] | None) -> Column:
+    if shape is None:
+        raise ValueError(f"column {name!r} is an image: Preprocessor.fit needs its image_shape")
+    height, width, channels = shape
+    n = max(int(stats.get("n", 0)), 0)
+    mean = np.asarray(stats.get("sum", [0.0] * channels), dtype=np.float64) / max(n, 1)
+    var = np.asarray(stats.get("sumsq", [0.0] * channels), dtype=np.float64) / max(n, 1) - mean * mean
+    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.where(std > 1e-8, std, 1.0)  # a constant channel: centred only
+    return Column(name, "image", image_size=[height, width], channels=channels,
+                  channel_mean=[float(v) for v in mean], channel_std=[float(v) for v in std])
+
+
+def _pixel_rows(values: pd.Series, width: int) -> np.ndarray:
+    """Decoded pixels held as bytes, one row each, as uint8 [n, width]."""
+    if values.isna().any():
+        raise ValueError(f"column {values.name!r}: an image that was not decoded reached encoding")
+    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), width)
+
+
+def column_stats(frame: pd.DataFrame, kinds: dict[str, str],
+                 image_shape: tuple[int, int, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-column statistics of typed rows (see `Preprocessor.fit`); summed across blocks by
+    `merge_stats`. An image column's come from its decoded pixels (`image_shape`: its size)."""
     stats: dict[str, dict[str, Any]] = {}
     for name, kind in kinds.items():
+        if kind == "image":
+            if image_shape is None:
+                raise ValueError(f"column {name!r} is an image: column_stats needs its image_shape")
+            height, width, channels = image_shape
+            pixels = frame[PIXELS_PREFIX + name].dropna()
+            values = _pixel_rows(pixels, height * width * channels).reshape(-1, channels) / 255.0
+            stats[name] = {"n": int(len(values)), "sum": values.sum(axis=0).tolist(),
+                           "sumsq": (values * values).sum(axis=0).tolist()}
+            continue
         column = frame[name]
         if kind == "categorical":
             counts = pd.Series(column.to_numpy(dtype=object)).value_counts(dropna=True)
@@ -284,5 +382,10 @@ def merge_stats(parts: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, A
                     counts[value] = counts.get(value, 0) + n
             else:
                 for key in ("n", "sum", "sumsq"):
-                    into[key] = into.get(key, 0) + s[key]
+                    if key not in into:
+                        into[key] = s[key]
+                    elif isinstance(s[key], list):  # an image column: one sum per channel
+                        into[key] = [a + b for a, b in zip(into[key], s[key], strict=True)]
+                    else:
+                        into[key] += s[key]
     return merged

@@ -53,6 +53,22 @@ def test_saved_metadata_carries_the_format_version_and_loads_back(tmp_path, read
     assert loaded == replace(saved, train="dataset:train", val="dataset:val", test="dataset:test")
 
 
+def test_image_data_saves_its_image_column_and_version_1_still_loads(tmp_path, reads) -> None:
+    image = Column("image", "image", image_size=[28, 24], channels=1, channel_mean=[0.3], channel_std=[0.2])
+    saved = replace(streamed(str(tmp_path)), feature_columns=["image"], preprocessor=Preprocessor([image]),
+                    task="classification", target={}, classes=[0, 1])
+    save_prepared(saved, str(tmp_path))
+    loaded = load_prepared(str(tmp_path))
+    assert loaded.image_shape == (28, 24, 1) and loaded.input_dim == 28 * 24
+    assert loaded.preprocessor == saved.preprocessor and saved.image_shape == (28, 24, 1)
+
+    meta = json.loads((tmp_path / "prepared.json").read_text())
+    tabular = Preprocessor([Column("x", "numeric")]).to_dict()
+    write_meta(tmp_path, {**meta, "format_version": 1, "preprocessor": tabular})  # as written before images
+    loaded = load_prepared(str(tmp_path))
+    assert loaded.image_shape is None and loaded.preprocessor.names == ["x"]
+
+
 def test_metadata_without_a_version_loads_as_the_layout_before_versions(tmp_path, reads) -> None:
     preprocessor = Preprocessor([Column("x", "numeric")]).to_dict()
     write_meta(tmp_path, {  # as written before streaming and regression: no such fields

@@ -4,8 +4,11 @@
     data.train, data.val, data.test    # Ray Datasets: {"features", "label"} (test: also "raw:<col>")
 
 Each file is read by one Ray task (`rows.ReadFile`), which types every feature column by its kind
-(numeric, categorical, boolean; `raylane.preprocess`) and marks a row bad, with its file, line and
-column, when a value is not of its kind, its label is missing or it has the wrong number of fields.
+(numeric, categorical, boolean, image; `raylane.preprocess`) and marks a row bad, with its file, line
+and column, when a value is not of its kind, its label is missing or it has the wrong number of
+fields. Images (a folder root/<class>/*.png, or a table column of image bytes or paths) are
+decoded, checked and resized in those tasks (`raylane.images`); an image that is not one, or has
+more channels than `data.image_channels`, is a bad row naming its file.
 Schema drift between files (a column missing, extra, or of another type) is found from the files'
 own schemas before any row is read. The split is a hash of each row's raw values (or its id) and
 `data.seed`, so it is deterministic whatever the file or block order, and duplicate rows never leak
@@ -43,6 +46,7 @@ from raylane import progress, storage
 from raylane.config import DataConfig
 from raylane.data.rows import (
     BAD_SAMPLE_SIZE,
+    IMAGES_PER_CHUNK,
     RAW_PREFIX,
     SPLIT_CODE,
     SPLITS,
@@ -56,6 +60,7 @@ from raylane.data.sources import (
     file_schema,
     filesystem,
     list_files,
+    list_images,
     resolve_columns,
     resolve_source,
 )
@@ -77,43 +82,70 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
 
     configure_ray_data()
     source, fmt = resolve_source(cfg, storage_path)
-    files = list_files(source, fmt)
-    if fmt == "auto":
-        fmt = "csv" if all(f.lower().endswith((".csv", ".csv.gz")) for f in files) else "parquet"
     # Read through the source's own filesystem, so URI options (s3 endpoint_override=...) apply.
     fs, _ = filesystem(source)
-    schemas = [file_schema(fs, f, fmt, cfg) for f in files]
-    kinds, drift = resolve_columns(cfg, files, schemas)
+    folder = list_images(source, fmt)
+    if folder is not None:
+        _check_image_folder_config(cfg)
+        fmt, files, kinds, drift = "images", folder.files, {cfg.image_column: "image"}, []
+        progress.say(f"  {len(files):,} images in {len(set(folder.classes))} class folders under {source}")
+        in_memory = folder.total_bytes + len(files) * (int(np.prod(cfg.image_shape)) + _ROW_OVERHEAD)
+    else:
+        files = list_files(source, fmt)
+        if fmt == "auto":
+            fmt = "csv" if all(f.lower().endswith((".csv", ".csv.gz")) for f in files) else "parquet"
+        schemas = [file_schema(fs, f, fmt, cfg) for f in files]
+        kinds, drift = resolve_columns(cfg, files, schemas)
+        in_memory = _table_bytes_in_memory(fs, files, fmt)
     for note in drift:
         progress.say(f"  schema drift: {note}")
-    streaming = _streaming(cfg, fs, files, fmt)
+    streaming = _streaming(cfg, in_memory)
     context = ray.data.DataContext.get_current()
     block_bytes = context.target_max_block_size
     if streaming:  # smaller blocks: what a task holds at once, as the rows pass through it
         context.target_max_block_size = _STREAMING_BLOCK_BYTES
     try:
-        return _prepare(cfg, storage_path, directory, source, fmt, files, kinds, drift, streaming)
+        file_classes = folder.classes if folder is not None else None
+        return _prepare(cfg, storage_path, directory, source, fmt, files, kinds, drift, streaming,
+                        file_classes)
     finally:
         context.target_max_block_size = block_bytes  # datasets made meanwhile keep their own
 
 
+def _check_image_folder_config(cfg: DataConfig) -> None:
+    if cfg.id_column is not None:
+        raise DataError(f"data.id_column: {cfg.source!r} is a folder of images, which has no columns (the "
+                        "split hashes each image's bytes); unset data.id_column")
+    if cfg.feature_columns not in (None, [cfg.image_column]):
+        raise DataError(f"data.feature_columns: {cfg.source!r} is a folder of images, whose one feature is "
+                        f"the image (data.image_column {cfg.image_column!r}); unset data.feature_columns")
+
+
 def _prepare(cfg: DataConfig, storage_path: str, directory: str | None, source: str, fmt: str,
-             files: list[str], kinds: dict[str, str], drift: list[str], streaming: bool) -> PreparedData:
+             files: list[str], kinds: dict[str, str], drift: list[str], streaming: bool,
+             file_classes: list[str] | None) -> PreparedData:
+    """`prepare` once the files and columns are known; `file_classes`: the class of each file of
+    an image folder."""
     import ray.data
 
     fs, _ = filesystem(source)
-    reader = ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task)
+    image_shape = cfg.image_shape if "image" in kinds.values() else None
+    reader = ReadFile(fs, fmt, kinds, cfg.label_column, cfg.id_column, cfg.task, image_shape)
     split_fn = SplitRows(list(kinds), cfg.id_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    items = ray.data.from_items([{"index": i, "path": f} for i, f in enumerate(files)],
-                                override_num_blocks=min(len(files), 256))
-    rows = items.map_batches(reader, batch_size=1, batch_format="pandas") \
+    listed = [{"index": i, "path": f} for i, f in enumerate(files)]
+    for item, label in zip(listed, file_classes or [], strict=False):
+        item["label"] = label
+    items = ray.data.from_items(listed, override_num_blocks=min(len(files), 256))
+    # An image folder: a batch of image files per call; a table: one file per call (read in chunks).
+    per_call = IMAGES_PER_CHUNK if fmt == "images" else 1
+    rows = items.map_batches(reader, batch_size=per_call, batch_format="pandas") \
         .map_batches(split_fn, batch_format="pandas")
     try:
         if not streaming:
             rows = rows.materialize()
         else:
             progress.say(f"  pass 1 of 2 over {len(files)} files: split sizes, bad rows, train statistics")
-        summary = summarize(rows, kinds, cfg.task)
+        summary = summarize(rows, kinds, cfg.task, image_shape)
     except Exception as err:  # a DataError raised in a Ray task arrives wrapped: unwrap it
         raise _data_error_in(err, files) from err
     bad = summary["bad_rows"]
@@ -128,7 +160,7 @@ def _prepare(cfg: DataConfig, storage_path: str, directory: str | None, source: 
         raise DataError(f"data.label_column {cfg.label_column!r}: needs at least 2 classes, got {classes}")
     if min(summary["num_rows"].values()) == 0:
         raise DataError(f"data.source {cfg.source!r}: too few rows to split ({summary['num_rows']})")
-    preprocessor = Preprocessor.fit(kinds, summary["stats"], cfg.max_categories)
+    preprocessor = Preprocessor.fit(kinds, summary["stats"], cfg.max_categories, image_shape)
     location = None
     if streaming:
         location = directory or storage.join(storage_path, "prepared", summary["digest"])
@@ -157,18 +189,24 @@ _MEMORY_PER_FILE_BYTE = {"parquet": 3.0, "csv": 1.5}
 _GZIP_RATIO = 6.0  # text compresses about this much
 _STREAMING_SHARE = 0.4  # of the object store, above which data.streaming=auto streams
 _STREAMING_BLOCK_BYTES = 32 << 20  # Ray Data's default is 128 MiB
+_ROW_OVERHEAD = 200  # bytes of an image row besides its file's bytes and its pixels: objects, label
 
 
-def _streaming(cfg: DataConfig, fs: pafs.FileSystem, files: list[str], fmt: str) -> bool:
-    """Whether to stream (see DataConfig.streaming); prints the choice and why."""
+def _table_bytes_in_memory(fs: pafs.FileSystem, files: list[str], fmt: str) -> float:
+    """The typed rows' estimated size in memory, from the files' sizes."""
+    infos = fs.get_file_info([f.split("://", 1)[-1] for f in files])
+    return sum(max(info.size or 0, 0) * (_GZIP_RATIO if info.path.endswith(".gz") else 1.0)
+               for info in infos) * _MEMORY_PER_FILE_BYTE[fmt]
+
+
+def _streaming(cfg: DataConfig, estimate: float) -> bool:
+    """Whether to stream (see DataConfig.streaming) rows of `estimate` bytes in memory; prints the
+    choice and why."""
     import ray
 
     if cfg.streaming != "auto":
         progress.say(f"  data.streaming={str(cfg.streaming).lower()}")
         return bool(cfg.streaming)
-    infos = fs.get_file_info([f.split("://", 1)[-1] for f in files])
-    estimate = sum(max(info.size or 0, 0) * (_GZIP_RATIO if info.path.endswith(".gz") else 1.0)
-                   for info in infos) * _MEMORY_PER_FILE_BYTE[fmt]
     store = ray.cluster_resources().get("object_store_memory", 0)
     streaming = bool(store) and estimate > _STREAMING_SHARE * store
     progress.say(f"  data.streaming=auto: {'streaming' if streaming else 'in memory'} (rows about "

@@ -1,13 +1,19 @@
 """Rows, from a file to an encoded split: each file read into typed rows with bad rows marked
 (`ReadFile`), each row given its split by a hash (`SplitRows`), one pass of split sizes, bad rows,
 train statistics and a digest (`summarize`), and the encoding of a split (`FinishSplit`). The
-classes are callables so that Ray ships them to its tasks."""
+classes are callables so that Ray ships them to its tasks.
+
+An image is a column of kind image like any other: its typed rows hold the raw bytes under the
+column's name (what the split hashes and the test split keeps) and the decoded pixels under
+`PIXELS_PREFIX` + name (what the statistics and the encoding read), decoded once, in the task that
+reads the file. An image folder source is read as rows of (image, class) by the same `ReadFile`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,8 +22,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raylane.data.sources import open_input
+from raylane.data.sources import filesystem, open_input
+from raylane.images import decode_image
 from raylane.preprocess import (
+    PIXELS_PREFIX,
     Preprocessor,
     class_values,
     coerce,
@@ -36,20 +44,76 @@ BAD_SAMPLE_SIZE = 20
 
 # Values of one chunk of a Parquet file, as typed float64 about 32 MiB.
 _CHUNK_VALUES = 1 << 22
+IMAGES_PER_CHUNK = 64  # rows of a table with images, or image files, a task holds at once
 
 
 class ReadFile:
     """Reads one file into typed rows: each feature coerced to its kind, the label kept, and
-    `__error` set on a bad row ('file line N: column ...: what is wrong')."""
+    `__error` set on a bad row ('file line N: column ...: what is wrong'). Format 'images': a
+    batch of image files, each a row of its class (`label` of the batch) ('file: what is wrong')."""
 
     def __init__(self, fs: pafs.FileSystem, fmt: str, kinds: dict[str, str], label: str,
-                 id_column: str | None, task: str) -> None:
+                 id_column: str | None, task: str, image_shape: tuple[int, int, int] | None = None) -> None:
         self.fs, self.fmt, self.kinds, self.label, self.id_column = fs, fmt, kinds, label, id_column
-        self.task = task
+        self.task, self.image_shape = task, image_shape
 
     def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        if self.fmt == "images":
+            yield self._read_images(batch)
+            return
         for index, path in zip(batch["index"], batch["path"], strict=True):
             yield from self._read(int(index), str(path))
+
+    def _read_images(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Typed rows of image files: one per file, its class the label."""
+        (name,) = self.kinds
+        files = [str(p) for p in batch["path"]]
+        raw, pixels, problems = self._images(pd.Series(files, dtype=object), directory="")
+        errors = np.array(problems, dtype=object)
+        labels = self._labels(pd.Series(list(batch["label"]), dtype=object), errors,
+                              lambda i: f"{files[i]}: class folder")
+        rows = batch["index"].to_numpy(dtype=np.int64) << 40
+        return pd.DataFrame({name: raw, PIXELS_PREFIX + name: pixels, _LABEL: labels, _ERROR: errors,
+                             ROW: rows})
+
+    def _images(self, values: pd.Series, directory: str) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Returns (raw bytes, decoded pixels as bytes, problem) per value: image bytes, or a path
+        (relative to `directory`) of an image file read here. A problem names the path it read."""
+        size, channels = self.image_shape[:2], self.image_shape[2]
+        raw = np.full(len(values), None, dtype=object)
+        pixels = np.full(len(values), None, dtype=object)
+        problems: list[str | None] = [None] * len(values)
+        for i, value in enumerate(values):
+            shown = ""
+            try:
+                if not isinstance(value, bytes | str) and pd.isna(value):
+                    raise ValueError("the image is missing")
+                if isinstance(value, str):
+                    shown = f"{value}: "
+                    value = self._file_bytes(value, directory)
+                pixels[i] = decode_image(value, size, channels).tobytes()
+                raw[i] = bytes(value)
+            except ValueError as err:
+                problems[i] = f"{shown}{err}"
+        return raw, pixels, problems
+
+    def _file_bytes(self, location: str, directory: str) -> bytes:
+        """The bytes of an image file: a path in the source's filesystem (relative to the table's
+        directory), or a URI of its own. ValueError when it cannot be read."""
+        fs, path = self.fs, posixpath.join(directory, location)
+        if "://" in location:  # the source's own filesystem keeps its options (endpoint_override=...)
+            scheme, rest = location.split("://", 1)
+            if scheme == self.fs.type_name or (scheme, self.fs.type_name) == ("file", "local"):
+                path = rest.split("?", 1)[0]
+            else:
+                fs, path = filesystem(location)
+        try:
+            with fs.open_input_file(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ValueError("file not found") from None
+        except OSError as err:
+            raise ValueError(f"cannot read it: {err}") from None
 
     def _read(self, index: int, path: str) -> Iterator[pd.DataFrame]:
         """The file's typed rows: a Parquet file in chunks of about `_CHUNK_VALUES` values, so that
@@ -59,7 +123,7 @@ class ReadFile:
         if self.fmt == "parquet":
             first = 1
             with self.fs.open_input_file(local) as f:
-                rows = max(1024, _CHUNK_VALUES // len(columns))
+                rows = IMAGES_PER_CHUNK if self.image_shape else max(1024, _CHUNK_VALUES // len(columns))
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
                     frame = batch.to_pandas()
                     lines = np.arange(first, first + len(frame))
@@ -74,25 +138,21 @@ class ReadFile:
         errors = np.full(len(frame), None, dtype=object)
         out: dict[str, np.ndarray] = {}
         for name, kind in self.kinds.items():
+            if kind == "image":
+                directory = posixpath.dirname(path.split("://", 1)[-1].split("?", 1)[0])
+                out[name], out[PIXELS_PREFIX + name], problems = self._images(frame[name], directory)
+                for i, problem in enumerate(problems):
+                    if problem is not None and errors[i] is None:
+                        errors[i] = f"{path} {where} {lines[i]}: column {name!r}: {problem}"
+                continue
             typed, bad = coerce(frame[name], kind)
             for i in np.flatnonzero(bad & pd.isna(errors)):
                 problem = describe_bad(frame[name].iloc[i], kind)
                 errors[i] = f"{path} {where} {lines[i]}: column {name!r}: {problem}"
             out[name] = typed.to_numpy(dtype=object if kind == "categorical" else np.float64,
                                        na_value=None if kind == "categorical" else np.nan)
-        label = frame[self.label]
-        if self.task == "regression":
-            value, bad = coerce(label, "numeric")
-            for i in np.flatnonzero(bad & pd.isna(errors)):
-                problem = describe_bad(label.iloc[i], "numeric")
-                errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: {problem}"
-            label = value
-        for i in np.flatnonzero(label.isna().to_numpy() & pd.isna(errors)):
-            errors[i] = f"{path} {where} {lines[i]}: column {self.label!r}: the label is missing"
-        if self.task == "regression":
-            out[_LABEL] = label.to_numpy(dtype=object, na_value=None)
-        else:
-            out[_LABEL] = class_values(label)
+        out[_LABEL] = self._labels(frame[self.label], errors,
+                                   lambda i: f"{path} {where} {lines[i]}: column {self.label!r}")
         if self.id_column:  # as text, the same whatever the file's type for it: 12, 12.0, '12'
             out[self.id_column] = np.array([text_or_none(v) for v in frame[self.id_column]], dtype=object)
         out[_ERROR] = errors
@@ -107,6 +167,20 @@ class ReadFile:
                                           for n, text in broken]
         out[ROW] = first_row + np.arange(len(out[_ERROR]), dtype=np.int64)
         return pd.DataFrame(out)
+
+    def _labels(self, label: pd.Series, errors: np.ndarray, place: Callable[[int], str]) -> np.ndarray:
+        """The label values (classes, or numbers for regression); a missing or non-numeric one sets
+        the row's error, if it has none yet, as 'place: what is wrong'."""
+        if self.task == "regression":
+            value, bad = coerce(label, "numeric")
+            for i in np.flatnonzero(bad & pd.isna(errors)):
+                errors[i] = f"{place(i)}: {describe_bad(label.iloc[i], 'numeric')}"
+            label = value
+        for i in np.flatnonzero(label.isna().to_numpy() & pd.isna(errors)):
+            errors[i] = f"{place(i)}: the label is missing"
+        if self.task == "regression":
+            return label.to_numpy(dtype=object, na_value=None)
+        return class_values(label)
 
     def _read_csv(self, local: str, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray, list]:
         import pyarrow.csv as pacsv
@@ -158,8 +232,8 @@ class SplitRows:
 
 
 class _BlockSummary:
-    def __init__(self, kinds: dict[str, str], task: str) -> None:
-        self.kinds, self.task = kinds, task
+    def __init__(self, kinds: dict[str, str], task: str, image_shape: tuple[int, int, int] | None) -> None:
+        self.kinds, self.task, self.image_shape = kinds, task, image_shape
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         split = frame[_SPLIT].to_numpy()
@@ -171,7 +245,7 @@ class _BlockSummary:
             "counts": np.bincount(split[good], minlength=len(SPLITS)).tolist(),
             "bad": int((~good).sum()),
             "bad_sample": frame[_ERROR][~good].head(BAD_SAMPLE_SIZE).tolist(),
-            "stats": column_stats(frame[split == 0], self.kinds),
+            "stats": column_stats(frame[split == 0], self.kinds, self.image_shape),
             "labels": [] if self.task == "regression" else
             sorted({_plain(v) for v in pd.unique(labels)}, key=lambda v: (str(type(v)), v)),
             "target": column_stats(pd.DataFrame({"y": frame[_LABEL][split == 0].astype("float64")}),
@@ -185,11 +259,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def summarize(rows: Any, kinds: dict[str, str], task: str) -> dict[str, Any]:
+def summarize(rows: Any, kinds: dict[str, str], task: str,
+              image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """Returns split sizes, bad rows, train statistics, class labels (or the train label's mean and
-    std for regression) and a content digest, in one pass."""
-    parts = [json.loads(s) for s in rows.map_batches(_BlockSummary(kinds, task), batch_format="pandas")
-             .to_pandas()["summary"]]
+    std for regression) and a content digest, in one pass. `image_shape`: an image column's size."""
+    summaries = rows.map_batches(_BlockSummary(kinds, task, image_shape), batch_format="pandas")
+    parts = [json.loads(s) for s in summaries.to_pandas()["summary"]]
     target = {}
     if task == "regression":
         y = merge_stats([{"y": p["target"]} for p in parts if p["target"]]).get("y", {})
@@ -244,7 +319,11 @@ class FinishSplit:
             not_test = codes != SPLIT_CODE["test"]  # streaming writes raw values for test rows only
             for column in self.preprocessor.columns:
                 values = rows[column.name]
-                if column.kind == "categorical":
+                if column.kind == "image":  # the image's bytes, as the file held them
+                    data = values.to_numpy(dtype=object).copy()
+                    data[not_test] = None
+                    raw = pa.array(data, type=pa.binary(), from_pandas=True)
+                elif column.kind == "categorical":
                     text = values.to_numpy(dtype=object).copy()
                     text[not_test] = None
                     raw = pa.array(text, type=pa.string(), from_pandas=True)

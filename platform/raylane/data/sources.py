@@ -1,11 +1,13 @@
 """Where the rows come from: `data.source` resolved to files (sklearn toy datasets written as
-Parquet shards, a path, directory or glob listed), each file's schema read from its footer or first
-rows, and the feature columns with their kinds resolved across files, schema drift included."""
+Parquet shards, a path, directory or glob listed, or a folder of images per class), each file's
+schema read from its footer or first rows, and the feature columns with their kinds resolved across
+files, schema drift included."""
 
 from __future__ import annotations
 
 import fnmatch
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 from raylane import storage
 from raylane.config import SKLEARN_SOURCES, DataConfig
 from raylane.errors import DataError, StorageError
+from raylane.images import IMAGE_EXTENSIONS
 from raylane.preprocess import kind_of
 
 READY_MARKER = "_RAYLANE_COMPLETE"  # written last into a directory: what is there is complete
@@ -102,9 +105,63 @@ def list_files(source: str, fmt: str) -> list[str]:
     return [scheme + p for p in sorted(found)]
 
 
-def _safe_listing(fs: pafs.FileSystem, base: str, source: str) -> list[pafs.FileInfo]:
+@dataclass(frozen=True)
+class ImageFolder:
+    """The images of a folder source root/<class>/..., listed on the driver (read in Ray tasks)."""
+
+    files: list[str]
+    classes: list[str]
+    """The class of each file: the name of the folder under the root that holds it."""
+    total_bytes: int
+
+
+def list_images(source: str, fmt: str) -> ImageFolder | None:
+    """Returns the images of a folder source: data.format 'images', or 'auto' and a directory whose
+    entries are all subdirectories holding image files (and no Parquet or CSV). None when 'auto'
+    finds something else; DataError when 'images' names no such folder."""
+    if fmt not in ("auto", "images"):
+        return None
+    fs, root = filesystem(source)
+    scheme = source.split("://")[0] + "://" if "://" in source else ""
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        if fmt == "images":
+            raise DataError(f"data.source: {source!r} is not a directory; data.format 'images' reads a "
+                            "folder of class folders, root/<class>/*.png|*.jpg")
+        return None
+    visible = [i for i in _safe_listing(fs, root, source, recursive=False) if not _hidden(i.path)]
+    if fmt == "auto" and any(i.type != pafs.FileType.Directory for i in visible):
+        return None
+    files, classes, total = [], [], 0
+    for info in _safe_listing(fs, root, source):
+        relative = posixpath.relpath(info.path, root)
+        if not info.is_file or any(_hidden(part) for part in relative.split("/")):
+            continue
+        if info.path.lower().endswith((".parquet", ".csv", ".csv.gz")) and fmt == "auto":
+            return None  # data files in partition folders (year=2024/...): a table
+        if not info.path.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if "/" not in relative:
+            raise DataError(f"data.source: image {scheme + info.path!r} is not in a class folder; "
+                            f"put it under {source}/<class>/")
+        files.append(scheme + info.path)
+        classes.append(relative.split("/", 1)[0])
+        total += max(info.size or 0, 0)
+    if not files:
+        if fmt == "auto":
+            return None
+        raise DataError(f"data.source: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under "
+                        f"{source!r}")
+    order = sorted(range(len(files)), key=files.__getitem__)
+    return ImageFolder([files[i] for i in order], [classes[i] for i in order], total)
+
+
+def _hidden(path: str) -> bool:
+    return posixpath.basename(path).startswith(("_", "."))
+
+
+def _safe_listing(fs: pafs.FileSystem, base: str, source: str, recursive: bool = True) -> list[pafs.FileInfo]:
     try:
-        return fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
     except (FileNotFoundError, OSError) as err:
         raise DataError(f"data.source: cannot list {source!r}: {err}") from err
 
@@ -125,6 +182,26 @@ def file_schema(fs: pafs.FileSystem, path: str, fmt: str, cfg: DataConfig) -> pa
         raise DataError(f"data.source {cfg.source!r}: cannot read {path!r}: {err}") from err
 
 
+def _image_column(cfg: DataConfig, schema: pa.Schema, where: str) -> str | None:
+    """Returns data.image_column when the table has it (and it is not typed otherwise by
+    data.column_types): image bytes or paths, the model's only feature."""
+    name = cfg.image_column
+    if name not in schema.names or name in cfg.column_types or name in {cfg.label_column, cfg.id_column}:
+        return None
+    if cfg.feature_columns is not None and name not in cfg.feature_columns:
+        return None
+    if cfg.feature_columns is not None and len(cfg.feature_columns) > 1:
+        others = ", ".join(c for c in cfg.feature_columns if c != name)
+        raise DataError(f"data.feature_columns: an image model takes one feature, the image column "
+                        f"{name!r}; remove {others}")
+    kind = schema.field(name).type
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise DataError(f"data.image_column: column {name!r} in {where} holds {kind}; expected image "
+                        "bytes (binary) or image file paths (text)")
+    return name
+
+
 def open_input(fs: pafs.FileSystem, path: str) -> Any:
     """An input stream of a CSV file, gunzipped when it is a .gz."""
     return fs.open_input_stream(path, compression="detect" if path.endswith(".gz") else None)
@@ -142,7 +219,10 @@ def resolve_columns(cfg: DataConfig, files: list[str], schemas: list[pa.Schema]
     if cfg.id_column is not None and cfg.id_column not in first.names:
         raise DataError(f"data.id_column: column {cfg.id_column!r} not found in {where}")
     special = {cfg.label_column, cfg.id_column}
+    image = _image_column(cfg, first, where)
     names = list(cfg.feature_columns or [c for c in first.names if c not in special])
+    if image is not None:
+        names = [image]
     for name in [*names, *cfg.column_types]:
         if name not in first.names:
             field_name = "feature_columns" if name in names else "column_types"
@@ -154,7 +234,7 @@ def resolve_columns(cfg: DataConfig, files: list[str], schemas: list[pa.Schema]
         types = [s.field(name).type for s in schemas if name in s.names]
         return next((t for t in types if not pa.types.is_null(t)), types[0])
 
-    kinds = {n: cfg.column_types.get(n) or kind_of(file_type(n)) for n in names}
+    kinds = {n: "image" if n == image else cfg.column_types.get(n) or kind_of(file_type(n)) for n in names}
     needed = [cfg.label_column, *([cfg.id_column] if cfg.id_column else []), *names]
     drift = []
     for path, schema in zip(files[1:], schemas[1:], strict=True):

@@ -21,9 +21,12 @@ from raylane.data.sources import READY_MARKER, configure_ray_data
 from raylane.errors import DataError
 from raylane.preprocess import Preprocessor
 
-FORMAT_VERSION = 1
-"""The layout of `prepared.json` that save_prepared writes; a file without one is the layout before
-format versions, read with `_LEGACY_DEFAULTS` for the fields it may lack."""
+FORMAT_VERSION = 2
+"""The layout of `prepared.json` that save_prepared writes (2: the preprocessor may hold an image
+column, which a raylane reading version 1 cannot take); versions 1 and 2 are read alike, and a file
+without one is the layout before format versions, read with `_LEGACY_DEFAULTS` for the fields it
+may lack."""
+_READS_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,21 @@ class PreparedData:
 
     @property
     def input_dim(self) -> int:
-        """Width of the network input (one-hot categories count one column each)."""
+        """Width of the network input (one-hot categories count one column each; an image
+        height * width * channels)."""
         return self.preprocessor.width
 
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of the images the model takes; None for tabular data. The
+        "features" of a split are then each image's values flattened in that order (HWC)."""
+        return self.preprocessor.image_shape
+
     def schema_json(self) -> str:
+        image = {"image_shape": list(self.image_shape)} if self.image_shape else {}
         return json.dumps({"features": self.preprocessor.kinds, "label": self.label_column,
                            "task": self.task, "classes": self.classes, "target": self.target,
-                           "encoded": self.preprocessor.output_names()})
+                           "encoded": self.preprocessor.output_names(), **image})
 
 
 def write_splits(rows: Any, directory: str, preprocessor: Preprocessor, classes: list[Any],
@@ -213,9 +224,9 @@ def _read_meta(path: str) -> dict[str, Any] | None:
         if "preprocessor" not in meta:  # written before typed columns: prepare again
             return None
         return {**_LEGACY_DEFAULTS, **meta, "format_version": FORMAT_VERSION}
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in _READS_VERSIONS:
         raise DataError(f"{path}: prepared data has format_version {version!r}; this raylane reads "
-                        f"format_version {FORMAT_VERSION} (or none, the layout before versions). "
+                        f"format_version {FORMAT_VERSION} or earlier (or none, the layout before versions). "
                         "Delete the directory it is in to prepare the data again, or use the raylane "
                         "that wrote it")
     return meta
