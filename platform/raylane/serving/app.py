@@ -8,10 +8,14 @@
 
 Requests are merged by `@serve.batch` into one model call. Every response names the version that
 answered in `X-Model-Version`. Bad input gets a 4xx whose JSON `error` names what was expected.
+An image model takes its images on every protocol (protocols/images.py), and on the three POST
+routes one image as the body (Content-Type image/png or image/jpeg).
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real body types of the
 # route methods, or it takes the request model for a query parameter.
+import asyncio
+import json
 import time
 from typing import Any
 
@@ -20,6 +24,7 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,10 +44,24 @@ from raylane.serving.errors import (
 )
 from raylane.serving.metrics import ServingMetrics, protocol_of
 from raylane.serving.model import LoadedModel, ServeArgs
+from raylane.serving.protocols.images import image_frame, raw_image, v1_images
 from raylane.serving.protocols.invocations import invocations_response, parse_invocations
 from raylane.serving.protocols.rows import check_computable, encode_rows
-from raylane.serving.protocols.v1 import V1PredictRequest, V1PredictResponse, rows_to_frame, rows_to_matrix
-from raylane.serving.protocols.v2 import BINARY_HEADER, parse_v2, v2_matrix, v2_response
+from raylane.serving.protocols.v1 import (
+    V1ImagePredictRequest,
+    V1PredictRequest,
+    V1PredictResponse,
+    rows_to_frame,
+    rows_to_matrix,
+)
+from raylane.serving.protocols.v2 import (
+    BINARY_HEADER,
+    V2InferRequest,
+    V2Tensor,
+    parse_v2,
+    v2_matrix,
+    v2_response,
+)
 from raylane.serving.rollout import ModelSlot
 
 VERSION_HEADER = "X-Model-Version"
@@ -181,6 +200,28 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _json_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
+def _v1_request(body: bytes, content_type: str | None, request_type: type[BaseModel]) -> Any:
+    """The V1 request validated from its body as FastAPI validates a body parameter (the route reads
+    the body itself, since an image model also takes a raw image): JSON when the content type says
+    JSON, else the bytes as they are (which no request model takes); the same errors and statuses."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    value: Any = body
+    mime = (content_type or "").partition(";")[0].strip().lower()
+    if mime.startswith("application/") and (mime == "application/json" or mime.endswith("+json")):
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError as err:
+            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", err.pos),
+                                           "msg": "JSON decode error", "ctx": {"error": err.msg}}]) from None
+        except (ValueError, RecursionError):  # not UTF-8, nested too deep: FastAPI's own 400
+            raise InvalidInput("There was an error parsing the body") from None
+    try:
+        return request_type.model_validate(value, from_attributes=True)
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
+
+
 def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = None) -> Response:
     headers = {"content-type": "application/json", **(headers or {}), VERSION_HEADER: model.version}
     return Response(body, headers=headers)
@@ -228,7 +269,10 @@ class ModelServer:
 
     async def _probabilities(self, model: LoadedModel, rows: np.ndarray | pd.DataFrame,
                              field: str = "inputs") -> np.ndarray:
-        if isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
+        if isinstance(rows, pd.DataFrame) and model.is_image:  # decoding: off the event loop
+            encoded = await asyncio.to_thread(encode_rows, model, rows, field)
+            probabilities = await self._predict_batch((model, encoded, True))
+        elif isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
             probabilities = await self._predict_batch((model, encode_rows(model, rows, field), True))
         else:
             probabilities = await self._predict_batch((model, rows, False))
@@ -236,12 +280,23 @@ class ModelServer:
         return probabilities
 
     # --- KServe V1 ------------------------------------------------------------------------------------
-    @app.post("/v1/models/{name}:predict", response_model=V1PredictResponse, tags=["KServe V1"])
-    async def predict(self, name: str, request: V1PredictRequest) -> Response:
+    @app.post("/v1/models/{name}:predict", response_model=V1PredictResponse, tags=["KServe V1"],
+              openapi_extra=openapi.V1_PREDICT_EXTRA)
+    async def predict(self, name: str, http: Request) -> Response:
         """Class labels (or probabilities) for rows of raw feature values."""
+        body, content_type = await http.body(), http.headers.get("content-type")
+        image = raw_image(content_type, body) if self.slot.champion.is_image else None
+        if image is None:  # validated before the model is looked up, as FastAPI validates a body
+            request_type = V1ImagePredictRequest if self.slot.champion.is_image else V1PredictRequest
+            request = _v1_request(body, content_type, request_type)
         model = self._pick(name)
-        rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
-                else rows_to_frame(request.instances, model.feature_columns))
+        if image is not None:
+            request, rows = V1ImagePredictRequest(instances=[image]), image_frame(model, [image])
+        elif model.is_image:
+            rows = v1_images(request.instances, model)
+        else:
+            rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
+                    else rows_to_frame(request.instances, model.feature_columns))
         if request.return_probabilities and model.regression:
             raise InvalidInput("return_probabilities: this is a regression model; it predicts values")
         probabilities = await self._probabilities(model, rows, "instances")
@@ -272,8 +327,13 @@ class ModelServer:
 
     async def _infer(self, model: LoadedModel, request: Request) -> Response:
         body = await request.body()
-        infer_request, binary = parse_v2(body, request.headers.get(BINARY_HEADER))
-        rows = v2_matrix(infer_request, binary, model)
+        image = raw_image(request.headers.get("content-type"), body) if model.is_image else None
+        if image is not None:  # one image as the body: answered as a one-row BYTES input
+            tensor = V2Tensor(name=model.feature_columns[0], shape=[1], datatype="BYTES")
+            infer_request, rows = V2InferRequest(inputs=[tensor]), image_frame(model, [image])
+        else:
+            infer_request, binary = parse_v2(body, request.headers.get(BINARY_HEADER))
+            rows = v2_matrix(infer_request, binary, model)
         probabilities = await self._probabilities(model, rows)
         content, headers = v2_response(infer_request, model, probabilities)
         return _answer(content, model, headers)

@@ -95,7 +95,11 @@ def metrics_address() -> str | None:
 
 
 def curl_example(url: str, model: ModelConfig, kinds: dict[str, str]) -> str:
-    """A V1 request for one row: positional zeros for an all-numeric model, else by column name."""
+    """A V1 request for one row: positional zeros for an all-numeric model, else by column name
+    (an image model: one PNG file as the body)."""
+    if list(kinds.values()) == ["image"]:
+        return (f"curl -s -X POST {url}/v1/models/{model.name}:predict "
+                "-H 'Content-Type: image/png' --data-binary @image.png")
     if all(kind == "numeric" for kind in kinds.values()):
         row = "[" + ", ".join(["0"] * len(kinds)) + "]"
     else:

@@ -36,7 +36,8 @@ class UnsupportedMediaType(RequestError):
 
 
 class PayloadTooLarge(RequestError):
-    """A request body over `serve.max_body_bytes` (413)."""
+    """A request body over `serve.max_body_bytes`, or an image declaring more pixels than
+    `raylane.images.MAX_PIXELS` (413)."""
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -65,11 +66,18 @@ class LoadedModel:
     """A few raw input rows from the logged input example (docs and warm-up)."""
     pyfunc: Any = None
     """The MLflow PyFuncModel, for its signature (the /invocations schema checks)."""
+    image_shape: tuple[int, int, int] | None = None
+    """An image model (its one feature column is an image): (height, width, channels) it takes."""
     load_seconds: float = 0.0
 
     @property
     def numeric_only(self) -> bool:
         return all(kind == "numeric" for kind in self.kinds.values())
+
+    @property
+    def is_image(self) -> bool:
+        """Whether each row is one image (bytes or base64 text), as `image_shape` says."""
+        return self.image_shape is not None
 
     @property
     def regression(self) -> bool:
@@ -89,6 +97,10 @@ class LoadedModel:
 
     def warm_up(self) -> None:
         """Runs the example through the network once, so the first real request is not the slow one."""
+        if self.is_image and not self.example and self.forward is not None:  # no image to decode
+            height, width, channels = self.image_shape
+            self.forward(np.zeros((1, height * width * channels), dtype=np.float32))
+            return
         if not self.numeric_only and self.encode is not None and self.forward is not None:
             import pandas as pd
 
@@ -108,14 +120,14 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     start = time.perf_counter()
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     inner = pyfunc.unwrap_python_model()
-    columns = list(inner.feature_columns)
+    columns, image = list(inner.feature_columns), inner.preprocessor.is_image
     model = LoadedModel(
         name=name, version=str(version), feature_columns=columns, classes=list(inner.classes),
         predict_proba=inner.predict_proba, kinds=dict(inner.preprocessor.kinds),
         encode=inner.preprocessor.transform, forward=inner.forward, task=inner.task,
         framework=inner.framework,
-        input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns),
-        pyfunc=pyfunc,
+        input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns, image),
+        pyfunc=pyfunc, image_shape=inner.preprocessor.image_shape,
     )
     model.warm_up()
     return replace(model, load_seconds=time.perf_counter() - start)
@@ -130,7 +142,7 @@ def _input_datatypes(pyfunc: Any, columns: list[str]) -> list[str]:
     return [V2_DATATYPES.get(types.get(c, "double"), "FP64") for c in columns]
 
 
-def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[Any]]:
+def _example_rows(pyfunc: Any, columns: list[str], image: bool = False) -> list[list[Any]]:
     try:
         example = pyfunc.input_example
     except Exception:  # an example that fails to load only costs the docs their sample
@@ -142,6 +154,15 @@ def _example_rows(pyfunc: Any, columns: list[str]) -> list[list[Any]]:
 
         frame = example if isinstance(example, pd.DataFrame) else pd.DataFrame(example)
         frame = frame[columns].head(3).astype(object)
-        return frame.where(frame.notna(), None).to_numpy().tolist()
+        rows = frame.where(frame.notna(), None).to_numpy().tolist()
     except (KeyError, ValueError, TypeError):
         return []
+    return [[_base64(v) for v in row] for row in rows] if image else rows
+
+
+def _base64(image: Any) -> Any:
+    """An example image as one line of base64 text, as a JSON client sends it (MLflow gives back
+    bytes, or base64 text with line breaks, depending on the signature)."""
+    if isinstance(image, bytes | bytearray):
+        return base64.b64encode(image).decode("ascii")
+    return "".join(image.split()) if isinstance(image, str) else image

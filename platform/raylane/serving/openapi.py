@@ -1,7 +1,9 @@
 """The OpenAPI document and the V2 model metadata, filled in from the served model's signature.
 
 FastAPI describes the routes; this adds what only the loaded model knows: the input width and
-feature names, the datatypes, real example rows, and the bearer scheme when auth is on.
+feature names, the datatypes, real example rows, and the bearer scheme when auth is on. For an
+image model: the image forms each protocol takes (base64 instances, a BYTES input, a base64
+column) and the raw image/png and image/jpeg bodies of the three POST routes.
 """
 
 # No `from __future__ import annotations`: FastAPI reads ModelMetadata's field types at runtime.
@@ -9,12 +11,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from raylane.images import ACCEPTED_FORMATS
 from raylane.serving.auth import OPEN_PATHS
 from raylane.serving.model import LoadedModel, ServeArgs
+from raylane.serving.protocols.images import IMAGE_MEDIA_TYPES
 from raylane.serving.protocols.invocations import InvocationsRequest
+from raylane.serving.protocols.v1 import V1ImagePredictRequest, V1PredictRequest
 from raylane.serving.protocols.v2 import V2InferRequest, V2InferResponse
 
-V2_KIND_DATATYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL"}
+V2_KIND_DATATYPES = {"numeric": "FP64", "categorical": "BYTES", "boolean": "BOOL", "image": "BYTES"}
+IMAGE_ROUTES = ("/v1/models/{name}:predict", "/v2/models/{name}/infer",
+                "/v2/models/{name}/versions/{version}/infer", "/invocations")
+"""The routes that take one image as the request body (image models only)."""
+LARGEST_EXAMPLE = 64 * 1024
+"""Example images above this many characters of base64 stay out of the document (a placeholder
+instead): the docs are fetched by every browser that opens them."""
 
 
 class TensorMetadata(BaseModel):
@@ -46,6 +57,7 @@ def _body(schema_name: str, *content_types: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+V1_PREDICT_EXTRA = _body("V1PredictRequest", "application/json")
 V2_INFER_EXTRA = {**_body("V2InferRequest", "application/json"),
                   "responses": {"200": {"description": "Inference result", "content": {
                       "application/json": {"schema": {"$ref": "#/components/schemas/V2InferResponse"}}}}}}
@@ -58,7 +70,13 @@ def input_datatype(model: LoadedModel) -> str:
 
 
 def model_metadata(model: LoadedModel, held: dict[str, str]) -> ModelMetadata:
-    if model.numeric_only:
+    image: dict[str, Any] = {}
+    if model.is_image:  # one BYTES input: an image's bytes (binary data) or base64 text per row
+        inputs = [TensorMetadata(name=model.feature_columns[0], datatype="BYTES", shape=[-1])]
+        height, width, channels = model.image_shape
+        image = {"image": {"height": height, "width": width, "channels": channels,
+                           "formats": list(ACCEPTED_FORMATS), "content_types": list(IMAGE_MEDIA_TYPES)}}
+    elif model.numeric_only:
         inputs = [TensorMetadata(name="features", datatype=input_datatype(model),
                                  shape=[-1, len(model.feature_columns)])]
     else:  # categorical or boolean columns: one input per feature, by name
@@ -74,7 +92,7 @@ def model_metadata(model: LoadedModel, held: dict[str, str]) -> ModelMetadata:
         parameters={"version": model.version, "feature_names": model.feature_columns,
                     "feature_datatypes": model.input_datatypes, "classes": model.classes,
                     "task": model.task,
-                    "served_versions": held},
+                    "served_versions": held, **image},
     )
 
 
@@ -85,22 +103,16 @@ def schema(app: Any, args: ServeArgs, model: LoadedModel) -> dict[str, Any]:
     spec = get_openapi(title=app.title, version=app.version, description=app.description,
                        routes=app.routes)
     components = spec.setdefault("components", {}).setdefault("schemas", {})
-    for cls in (V2InferRequest, V2InferResponse, InvocationsRequest, ErrorResponse):
+    for cls in (V1PredictRequest, V2InferRequest, V2InferResponse, InvocationsRequest, ErrorResponse):
         doc = cls.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(doc.pop("$defs", {}))
         components[cls.__name__] = doc
-    columns, width = model.feature_columns, len(model.feature_columns)
     # Under auth the document is public, so it shows zeros rather than rows of the real data.
-    rows = (model.example[:2] if args.auth is None else []) or [[0.0] * width]
-    _tighten_v1(components.get("V1PredictRequest"), columns, rows, model.kinds)
-    if model.numeric_only:
-        inputs = [{"name": "features", "shape": [len(rows), width], "datatype": "FP64",
-                   "data": [v for row in rows for v in row]}]
+    shown = model.example[:2] if args.auth is None else []
+    if model.is_image:
+        _describe_images(spec, model, shown)
     else:
-        inputs = [{"name": c, "shape": [len(rows)], "datatype": V2_KIND_DATATYPES[model.kinds[c]],
-                   "data": [row[i] for row in rows]} for i, c in enumerate(columns)]
-    components["V2InferRequest"]["example"] = {"id": "1", "inputs": inputs}
-    components["InvocationsRequest"]["example"] = {"dataframe_split": {"columns": columns, "data": rows}}
+        _describe_rows(components, model, shown or [[0.0] * len(model.feature_columns)])
     if args.auth is not None:
         components_root = spec["components"]
         components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -116,6 +128,54 @@ def schema(app: Any, args: ServeArgs, model: LoadedModel) -> dict[str, Any]:
             if args.auth is not None and path not in OPEN_PATHS:
                 operation["security"] = [{"bearer": []}]
     return spec
+
+
+def _describe_rows(components: dict[str, Any], model: LoadedModel, rows: list[list[Any]]) -> None:
+    """The request schemas and examples of a model that takes rows of feature values."""
+    columns, width = model.feature_columns, len(model.feature_columns)
+    _tighten_v1(components.get("V1PredictRequest"), columns, rows, model.kinds)
+    if model.numeric_only:
+        inputs = [{"name": "features", "shape": [len(rows), width], "datatype": "FP64",
+                   "data": [v for row in rows for v in row]}]
+    else:
+        inputs = [{"name": c, "shape": [len(rows)], "datatype": V2_KIND_DATATYPES[model.kinds[c]],
+                   "data": [row[i] for row in rows]} for i, c in enumerate(columns)]
+    components["V2InferRequest"]["example"] = {"id": "1", "inputs": inputs}
+    components["InvocationsRequest"]["example"] = {"dataframe_split": {"columns": columns, "data": rows}}
+
+
+def _describe_images(spec: dict[str, Any], model: LoadedModel, rows: list[list[Any]]) -> None:
+    """The request schemas and examples of an image model, and the raw image bodies of its routes."""
+    column, components = model.feature_columns[0], spec["components"]["schemas"]
+    shown = rows[0][0] if rows and isinstance(rows[0][0], str) else ""
+    example = shown if 0 < len(shown) <= LARGEST_EXAMPLE else "<base64 of a PNG or JPEG image>"
+    text = {"type": "string", "contentEncoding": "base64", "description": "An image file, base64"}
+    b64 = {"type": "object", "properties": {"b64": text}, "required": ["b64"], "additionalProperties": False}
+    by_name = {"type": "object", "properties": {column: {"anyOf": [b64, text]}}, "required": [column],
+               "additionalProperties": False}
+    v1 = V1ImagePredictRequest.model_json_schema()
+    row = {"type": "array", "items": {"anyOf": [b64, text]}, "minItems": 1, "maxItems": 1}
+    v1["properties"]["instances"]["items"] = {"anyOf": [b64, by_name, text, row]}
+    v1["example"] = {"instances": [{"b64": example}]}
+    components["V1PredictRequest"] = v1
+    components["V2InferRequest"]["example"] = {"id": "1", "inputs": [
+        {"name": column, "shape": [1], "datatype": "BYTES", "data": [example]}]}
+    components["InvocationsRequest"]["example"] = {"dataframe_split": {"columns": [column],
+                                                                       "data": [[example]]}}
+    height, width, channels = model.image_shape
+    said = (f"\n\nThis model takes images ({', '.join(ACCEPTED_FORMATS)}; resized to {height}x{width}, "
+            f"{channels} channel{'s' * (channels != 1)}): base64 text in JSON (V1 instances "
+            f'{{"b64": ...}}, V2 one BYTES input of shape [n], a column {column!r} on /invocations), raw '
+            "bytes through the V2 binary data extension, or one image as the body with Content-Type "
+            "image/png or image/jpeg.")
+    for path in IMAGE_ROUTES:
+        operation = spec.get("paths", {}).get(path, {}).get("post")
+        if operation is None:
+            continue
+        operation["description"] = operation.get("description", "") + said
+        content = operation.setdefault("requestBody", {"required": True}).setdefault("content", {})
+        for media_type in IMAGE_MEDIA_TYPES:
+            content[media_type] = {"schema": {"type": "string", "format": "binary"}}
 
 
 def _tighten_v1(doc: dict[str, Any] | None, columns: list[str], rows: list[list[Any]],

@@ -40,9 +40,11 @@ class LoggedModel:
 
 
 def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
-                   val_score: float, framework: str = "torch") -> LoggedModel:
+                   val_score: float, framework: str = "torch", code: str | None = None) -> LoggedModel:
     """Logs the best checkpoint as a pyfunc model on the active run and returns its test metric:
-    accuracy, or for regression the mean absolute error (`val_score`: the same on validation)."""
+    accuracy, or for regression the mean absolute error (`val_score`: the same on validation).
+    `code`: the model builder's package or module, carried inside the model (`code_paths`) so it
+    loads where the user's repository is not."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -66,10 +68,10 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
             name="model",
             python_model=model,
             artifacts={"checkpoint": checkpoint_dir, "preprocess": preprocess},
-            code_paths=[package_dir()],
+            code_paths=[package_dir(), *([code] if code else [])],
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(framework),
+            pip_requirements=_pip_requirements(framework, data.preprocessor.kinds),
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
     total, rows = 0.0, 0
@@ -88,17 +90,22 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
 def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
     """The signature of a model with categorical or boolean columns: numeric columns as doubles,
     the others as Any (MLflow would cast 'false' or null to a boolean True/False itself; the model's
-    preprocessor types them, and a missing value is imputed), every column optional."""
+    preprocessor types them, and a missing value is imputed), every column optional. An image
+    column is a required string: base64 text, which `mlflow models serve` then passes through in
+    every JSON format and CSV alike (a `binary` column is base64-decoded in dataframe_split and
+    dataframe_records only, and an Any column fails in CSV); raw bytes pass too."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    inputs = Schema([ColSpec("double" if c.kind == "numeric" else AnyType(), c.name, required=False)
+    kinds = {"numeric": "double", "image": "string"}
+    inputs = Schema([ColSpec(kinds.get(c.kind, AnyType()), c.name, required=c.kind == "image")
                      for c in preprocessor.columns])
     return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
-def _pip_requirements(framework: str) -> list[str]:
-    """Returns exact pins of what the served model imports, so it never asks for an unpinned build."""
+def _pip_requirements(framework: str, kinds: dict[str, str] | None = None) -> list[str]:
+    """Returns exact pins of what the served model imports, so it never asks for an unpinned build
+    (Pillow where a column is an image: the model decodes images)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import mlflow
@@ -114,4 +121,6 @@ def _pip_requirements(framework: str) -> list[str]:
         pins["keras"] = version("keras")
     else:
         pins["torch"] = version("torch").split("+")[0]
+    if "image" in (kinds or {}).values():
+        pins["pillow"] = version("pillow")
     return [f"{name}=={v}" for name, v in pins.items()]

@@ -10,5 +10,6 @@ Each parser returns the rows as a float matrix in the model's column order (an a
 or as a DataFrame of the raw columns by name (a model with categorical or boolean columns, whose
 preprocessor types, imputes and encodes them), or raises a `raylane.serving.errors` type with a
 message that names the offending field. What every protocol does around the model call is in
-rows.py.
+rows.py. An image model takes one image per row on every protocol, base64 text or raw bytes, and
+one image as a raw image/png or image/jpeg body: images.py.
 """

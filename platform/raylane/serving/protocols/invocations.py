@@ -4,6 +4,9 @@ error codes, and the same `{"predictions": [...]}` answer.
 
     POST /invocations   {"dataframe_split" | "dataframe_records" | "instances" | "inputs": ...,
                          "params": {...}}  or text/csv
+
+An image model's column holds base64 text, checked by its signature (a string column) as
+`mlflow models serve` checks it; beyond MLflow, one image may be the body (image/png, image/jpeg).
 """
 
 # No `from __future__ import annotations`: FastAPI reads these models' field types at runtime.
@@ -17,6 +20,7 @@ from pydantic import BaseModel
 from raylane._compat.mlflow import enforce_schema, parse_json_input
 from raylane.serving.errors import InvalidInput, UnsupportedMediaType
 from raylane.serving.model import LoadedModel
+from raylane.serving.protocols.images import image_frame, raw_image, takes_images
 
 
 class InvocationsRequest(BaseModel):
@@ -43,6 +47,9 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server as scoring
 
+    image = raw_image(content_type, body) if model.is_image else None
+    if image is not None:
+        return image_frame(model, [image]), {"return_probabilities": False}
     mime, _, parameters = (content_type or "").partition(";")
     mime = mime.strip().lower()
     charset = dict(p.strip().partition("=")[::2] for p in parameters.split(";") if p.strip()).get(
@@ -50,15 +57,16 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
     if charset != "utf-8":
         raise UnsupportedMediaType("The scoring server only supports UTF-8")
     if mime not in (scoring.CONTENT_TYPE_JSON, scoring.CONTENT_TYPE_CSV):
+        images = ", 'image/png', 'image/jpeg'" if model.is_image else ""
         raise UnsupportedMediaType("This predictor only supports the following content types: Types: "
-                                   f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}']. "
+                                   f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}'{images}]. "
                                    f"Got '{content_type or ''}'.")
     if mime == scoring.CONTENT_TYPE_JSON and model.numeric_only:
         fast = _numeric_invocation(body, model.feature_columns)
         if fast is not None:
             return fast
     schema = model.pyfunc.metadata.get_input_schema() if model.pyfunc is not None else None
-    if not model.numeric_only:
+    if not model.numeric_only and not model.is_image:
         schema = None  # its preprocessor types the columns (and imputes), as for V1 and V2
     try:
         if mime == scoring.CONTENT_TYPE_JSON:
@@ -73,7 +81,8 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         # Parsing and the signature check: always the client's input. They raise only codes MLflow
         # answers with 400 (INVALID_PARAMETER_VALUE, BAD_REQUEST), or INTERNAL_ERROR for input they
         # cannot take, which is the client's too.
-        raise InvalidInput(err.message, error_code=err.error_code) from None
+        hint = f" ({takes_images(model, 'invocations')})" if model.is_image else ""
+        raise InvalidInput(err.message + hint, error_code=err.error_code) from None
     except UnicodeDecodeError as err:
         raise InvalidInput(f"Ensure that input is a valid UTF-8 encoded string. Error: '{err!r}'") from None
     except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:

@@ -1,19 +1,25 @@
-"""What every protocol does around the model call: a typed model's raw columns encoded into the
-network's input, and the network's answer checked before any protocol shapes it."""
+"""What every protocol does around the model call: a typed model's raw columns (or an image
+model's images) encoded into the network's input, and the network's answer checked before any
+protocol shapes it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from raylane.serving.errors import InvalidInput
+from raylane.images import ImageTooLarge
+from raylane.serving.errors import InvalidInput, PayloadTooLarge
 from raylane.serving.model import LoadedModel
 
 
 def encode_rows(model: LoadedModel, frame: pd.DataFrame, field: str) -> np.ndarray:
-    """The network input for raw columns by name; InvalidInput naming the column and row of a bad value."""
+    """The network input for raw columns by name; InvalidInput naming the column and row of a bad
+    value, PayloadTooLarge for an image declaring more pixels than `raylane.images.MAX_PIXELS`
+    (refused from its header: a decompression bomb never reaches memory)."""
     try:
         return model.encode(frame)
+    except ImageTooLarge as err:
+        raise PayloadTooLarge(f"{field}: {err}") from None
     except (ValueError, TypeError) as err:
         raise InvalidInput(f"{field}: {err}") from None
 

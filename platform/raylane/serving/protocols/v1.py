@@ -1,6 +1,8 @@
 """KServe V1: the predict request and response, and its rows as the model takes them.
 
     POST /v1/models/{name}:predict   {"instances": [[...], ...], "return_probabilities": false}
+
+An image model's instances are images (`V1ImagePredictRequest`, read by protocols/images.py).
 """
 
 # No `from __future__ import annotations`: FastAPI reads these models' field types at runtime.
@@ -26,6 +28,18 @@ class V1PredictRequest(BaseModel):
     """Rows: lists of values in feature order, or objects mapping feature name to value. Numbers for
     numeric columns; text for categorical ones; true/false for boolean ones; null for missing
     values where the model was trained with imputation (categorical and boolean models)."""
+    return_probabilities: bool = False
+    """Return class probabilities instead of class labels."""
+
+
+class V1ImagePredictRequest(BaseModel):
+    """KServe V1 predict request of an image model: one image per instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] = Field(min_length=1)
+    """Images as base64 text: {"b64": "..."} (KServe's convention for binary data), by the column's
+    name ({"image": {"b64": "..."}} or {"image": "..."}), or the text itself."""
     return_probabilities: bool = False
     """Return class probabilities instead of class labels."""
 

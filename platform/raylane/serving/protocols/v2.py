@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from raylane.serving.errors import InvalidInput, describe_validation
 from raylane.serving.model import LoadedModel
+from raylane.serving.protocols.images import v2_images
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 V2_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -74,13 +75,15 @@ def parse_v2(body: bytes, json_length: str | None) -> tuple[V2InferRequest, byte
 
 
 def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.ndarray | pd.DataFrame:
-    """Returns the request's rows in column order (a DataFrame by column name for a typed model);
-    InvalidInput naming the bad input otherwise."""
+    """Returns the request's rows in column order (a DataFrame by column name for a typed model,
+    or of images for an image model); InvalidInput naming the bad input otherwise."""
     columns, width = model.feature_columns, len(model.feature_columns)
     for i, out in enumerate(request.outputs or []):
         if out.name not in outputs_of(model):
             raise InvalidInput(f"outputs[{i}]: unknown output {out.name!r}; this model has "
                                f"{list(outputs_of(model))}")
+    if model.is_image:
+        return v2_images(request, binary, model)
     if not model.numeric_only:
         return _v2_frame(request, binary, model)
     tensors, offset = [], 0
