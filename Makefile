@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve test test-faults test-fast lint bench bench-serve bench-preprocess bench-ingest bench-tune chaos mlflow-ui clean venv
+.PHONY: run run-tf serve data-images test test-faults test-fast lint bench bench-serve bench-preprocess bench-ingest bench-tune bench-fsdp chaos mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ run-tf: venv  ## the same pipeline on TensorFlow workers (MultiWorkerMirroredStr
 serve: venv  ## deploy the current champion without training
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.serve --config $(CONFIG) $(ARGS)
 
+data-images: venv  ## scikit-learn's digits as PNG files, a folder per class: data/digits_png/<digit>/<index>.png
+	$(BIN)/python -m pipelines.digits_images --out data/digits_png $(ARGS)
+
 test: venv  ## the whole suite (real Ray, MLflow and Serve on 127.0.0.1), then the fault tests
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q tests $(ARGS)
 	$(MAKE) test-faults
@@ -38,7 +41,7 @@ test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks
+	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks examples
 
 bench: venv  ## side-by-side measurements; each prints ratio=...
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.train_tf $(ARGS)
@@ -55,6 +58,9 @@ bench-ingest: venv  ## a raylane PyTorch worker vs a plain PyTorch loop: samples
 bench-tune: venv  ## ASHA vs full-budget random search; Tune's per-trial overhead vs stock
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.tune $(ARGS)
 
+bench-fsdp: venv  ## FSDP vs DDP, 2 workers, a 50M-parameter MLP: memory per worker and samples/s
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.fsdp $(ARGS)
+
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
@@ -63,4 +69,4 @@ mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 		--default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
-	rm -rf raylane_runs chaos_runs bench_data mlflow.db mlartifacts .pytest_cache
+	rm -rf raylane_runs chaos_runs bench_data data mlflow.db mlartifacts .pytest_cache
