@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 import sysconfig
 from typing import Any
 
-from raylane._compat.ray import in_submitted_job, upload_py_modules
+from raylane import env
 from raylane.config import HYPERPARAMETERS, PipelineConfig
 from raylane.errors import ConfigError
 from raylane.model.network import BUILTIN_BUILDERS, InputSpec, ModelSpec, OutputSpec, resolve_builder
@@ -71,11 +72,19 @@ def code_location(cfg: PipelineConfig) -> str | None:
 
 
 def worker_runtime_env(cfg: PipelineConfig) -> dict[str, Any]:
-    """The runtime env the Train workers need to import the builder: its code uploaded to the
-    cluster (`py_modules`), or nothing when they can import it already (`worker_code`). Call on the
-    driver, where the code is, after Ray is up."""
+    """The runtime env the Train workers need to import the builder, on top of the job's.
+
+    Nothing when they can import it already (`worker_code`), or when the job's own runtime env
+    carries it (`raylane.cluster.connect` started or joined Ray with it: the job keeps it for its
+    whole life). Otherwise Ray was started by something else (a notebook's or a test's `ray.init`)
+    and the code's local path is given to the workers' actors, uploaded by the Train controller
+    on this machine."""
+    import ray
+
     code = worker_code(cfg)
-    return {"py_modules": upload_py_modules(code)} if code else {}
+    if not code or ray.get_runtime_context().runtime_env.get("py_modules"):
+        return {}
+    return {"py_modules": code}
 
 
 def worker_code(cfg: PipelineConfig) -> list[str]:
@@ -88,7 +97,7 @@ def worker_code(cfg: PipelineConfig) -> list[str]:
     installed = {os.path.abspath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
     if any(location.startswith(root + os.sep) for root in installed):
         return []
-    if in_submitted_job() and location.startswith(os.path.abspath(os.getcwd()) + os.sep):
+    if env.RAY_JOB_SUBMISSION_ID.get() and location.startswith(os.path.abspath(os.getcwd()) + os.sep):
         return []
     return [location]
 
@@ -125,15 +134,24 @@ def check_output(spec: ModelSpec) -> None:
     if width != spec.outputs.size:
         want = "1 value (regression)" if spec.outputs.task == "regression" else \
             f"{spec.outputs.size} classes {_preview(spec.outputs.classes)}"
-        raise ConfigError(f"model.builder {spec.builder!r}: the model outputs {width} values per row; "
-                          f"the data has {want}: build the last layer with outputs.size")
+        got = f"{width} values per row" if isinstance(width, int) else f"shape {width} for 2 rows"
+        raise ConfigError(f"model.builder {spec.builder!r}: the model outputs {got}; the data has "
+                          f"{want}: end with one value per output, [rows, outputs.size]")
 
 
 def _import(path: str) -> Any:
     module, _, _ = path.partition(":")
+    if module.split(".")[0] == "__main__":
+        raise ConfigError(f"model.builder {path!r}: a builder in the script or notebook being run "
+                          "cannot reach the workers or the logged model; define it in a .py module "
+                          "and name it as 'module:function'")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append("")  # the working directory, as under `python -m`; a console script lacks it
     try:
         builder = resolve_builder(path)
     except ModuleNotFoundError as err:
+        if err.name and not module.startswith(err.name):  # the module imports something missing
+            raise ConfigError(f"model.builder {path!r}: importing {module!r} failed: {err}") from err
         missing = f"module {err.name!r} not found" if err.name else str(err)
         raise ConfigError(f"model.builder {path!r}: {missing} (is it importable from the working "
                           "directory or an installed package?)") from err
@@ -198,13 +216,21 @@ def _signature(builder: Any) -> inspect.Signature:
         return inspect.signature(builder)
 
 
+def probe_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """One value of each searched model param (its first choice or its lower bound): with
+    model.params, what `check_output` builds (a required param may be given by the search only)."""
+    return {name: (dim.choice[0] if dim.choice is not None else _bounds(dim)[0])
+            for name, dim in cfg.tune.search_space.items() if name not in HYPERPARAMETERS}
+
+
 def _bounds(dim: Any) -> list[Any]:
     if dim.randint is not None:
         return [dim.randint[0], dim.randint[1] - 1]
     return list(dim.loguniform or dim.uniform)
 
 
-def _output_width(spec: ModelSpec, network: Any) -> int:
+def _output_width(spec: ModelSpec, network: Any) -> int | list[int]:
+    """The width of the network's output for two zero rows, or its whole shape when not 2-D."""
     if spec.framework == "torch":
         import torch
 
@@ -214,7 +240,7 @@ def _output_width(spec: ModelSpec, network: Any) -> int:
         with torch.no_grad():
             network.eval()
             out = network(torch.zeros((2, *spec.inputs.shape("torch"))))
-        return int(out.shape[-1]) if out.ndim == 2 else -1
+        return int(out.shape[-1]) if out.ndim == 2 else list(out.shape)
     import keras
 
     if not isinstance(network, keras.Model):
@@ -223,7 +249,7 @@ def _output_width(spec: ModelSpec, network: Any) -> int:
     import numpy as np
 
     out = network(np.zeros((2, *spec.inputs.shape("tensorflow")), dtype=np.float32), training=False)
-    return int(out.shape[-1]) if len(out.shape) == 2 else -1
+    return int(out.shape[-1]) if len(out.shape) == 2 else list(out.shape)
 
 
 def _shape(spec: ModelSpec) -> str:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from raylane import env
+from raylane import builders, env
 from raylane._compat.ray import send_cluster_messages_to
 from raylane.config import PipelineConfig
 from raylane.errors import StorageError
@@ -53,7 +53,10 @@ def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
     # Settings for Ray's processes travel in the job's runtime env: on a cluster they do not
     # inherit this process's environment (see raylane.env).
     env_vars = apply_settings(cfg)
-    options = {"runtime_env": {"env_vars": env_vars} if env_vars else None, "log_to_driver": verbose,
+    # The model builder's code (model.builder) travels with the job to every worker.
+    runtime_env = {**({"env_vars": env_vars} if env_vars else {}),
+                   **({"py_modules": code} if (code := builders.worker_code(cfg)) else {})}
+    options = {"runtime_env": runtime_env or None, "log_to_driver": verbose,
                "logging_level": logging.INFO, "logging_format": LOG_FORMAT}
     if address:
         if cfg.serve.proxy == "haproxy" and env.SERVE_ENABLE_HA_PROXY.value() != "1":

@@ -87,9 +87,10 @@ class DataConfig(_Section):
     """Seed of the deterministic train/val/test split."""
     num_shards: int = Field(default=4, ge=1)
     """Parquet files written for an sklearn source, so the demo reads sharded data."""
-    image_column: str = "image"
-    """Column of a parquet/csv source holding images: bytes, or a file path (relative to the table's
-    directory); when present it is the only feature. An image folder source names its images so."""
+    image_column: str | None = None
+    """Column of a parquet/csv source holding images (bytes, or a file path relative to the table's
+    directory), its only feature; unset: the table is tabular, whatever its columns are named. An
+    image folder source names its images so (default 'image')."""
     image_size: int | tuple[int, int] = 32
     """Size every image is resized to: one number (square), or [height, width]."""
     image_channels: Literal[1, 3] = 3
@@ -266,6 +267,9 @@ class ModelConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the builder (the built-in MLP: hidden_size 128, num_layers 2,
     dropout 0); any of them can be searched by tune.search_space."""
+    requirements: list[str] = Field(default_factory=list)
+    """pip requirements the builder's code imports beyond the framework (e.g. ['timm', 'einops>=0.8']),
+    added to the logged model's requirements.txt; a bare name is pinned to the installed version."""
     champion_alias: str = "champion"
     """Registry alias of the version the endpoint serves."""
 
@@ -372,7 +376,9 @@ class PipelineConfig(_Section):
             name = next(k for k in MLP_PARAMS if k in train)
             raise ValueError(f"train.{name}: a parameter of the built-in MLP; with model.builder set, "
                              "give the builder's arguments as model.params")
-        moved = {k: train[k] for k in MLP_PARAMS if k in train}
+        # A value equal to the MLP's default says nothing (records of that time list all three).
+        defaults = _mlp_defaults()
+        moved = {k: train[k] for k in MLP_PARAMS if k in train and train[k] != defaults.get(k)}
         model["params"] = {**moved, **(model.get("params") or {})}
         return {**raw, "train": {k: v for k, v in train.items() if k not in MLP_PARAMS}, "model": model}
 
@@ -436,6 +442,16 @@ class PipelineConfig(_Section):
                     raise ValueError(f"tune.search_space.{name}: {value!r}: {problem[0].lower()}"
                                      f"{problem[1:]}") from None
         return self
+
+
+def _mlp_defaults() -> dict[str, Any]:
+    """The built-in MLP builder's default params."""
+    import inspect
+
+    from raylane.model.network import torch_mlp
+
+    return {name: p.default for name, p in inspect.signature(torch_mlp).parameters.items()
+            if p.default is not p.empty}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:

@@ -7,9 +7,10 @@ is read and when a client sends an image to the endpoint.
 A problem is a ValueError whose text names it, for a bad-row line and an HTTP 400: not an image,
 an unsupported format, more channels than the model takes (an alpha channel is never dropped
 silently; a grayscale image for a 3-channel model is repeated, and a color image whose pixels are
-all gray is gray). An image that declares more than
-`MAX_PIXELS` pixels is refused from its header, before any pixel is decoded (`ImageTooLarge`, an
-HTTP 413): a few hundred bytes of PNG can declare gigabytes of pixels.
+all gray is gray), or data PIL cannot read past its header (truncated or corrupt). An image that
+declares more than `MAX_PIXELS` pixels (or the lower `max_pixels` a server passes) is refused from
+its header, before any pixel is decoded (`ImageTooLarge`, an HTTP 413): a few hundred bytes of PNG
+can declare gigabytes of pixels.
 
 Imports only numpy and PIL: it runs in Ray Data tasks and inside the served model alike.
 """
@@ -43,37 +44,33 @@ _MODES = {
 
 
 class ImageTooLarge(ValueError):  # noqa: N818 - reads as what it is: ImageTooLarge("...")
-    """An image declares more than MAX_PIXELS pixels (a decompression bomb, or just too big)."""
+    """An image declares more pixels than allowed: MAX_PIXELS, or a server's lower limit (a
+    decompression bomb, or just too big)."""
 
 
-def decode_image(data: bytes | str, size: tuple[int, int], channels: int) -> np.ndarray:
+def decode_image(data: bytes | str, size: tuple[int, int], channels: int,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Returns the image as uint8 [height, width, channels], resized to `size` (height, width).
     `data` is the file's bytes, or base64 text (a `data:image/png;base64,` prefix is allowed).
-    ValueError naming the problem; ImageTooLarge for an image above MAX_PIXELS."""
+    ValueError naming the problem; ImageTooLarge for an image above `max_pixels` (at most
+    MAX_PIXELS: a server may allow less)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    image = _open(image_bytes(data))
+    limit = min(max_pixels, MAX_PIXELS)
+    image = _open(image_bytes(data), limit)
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageTooLarge(_too_large(width, height))
-    color, alpha, bands, mode = _channels(image)
+    if width * height > limit:
+        raise ImageTooLarge(_too_large(width, height, limit))
+    try:  # PIL reads the rest on first use: OSError, SyntaxError, struct.error... on bad data
+        color, alpha, bands, mode = _channels(image)
+        pixels = None if alpha else _pixels(image, size, color)
+    except Exception as err:
+        raise ValueError(f"not an image: truncated or corrupt {image.format} data ({err})") from err
     too_many = f"image has {bands} channels ({mode}); the model takes {channels}"
-    if alpha:
-        if bands <= channels:  # fewer bands, but one of them alpha: say why it is refused
+    if pixels is None:  # alpha: refused whatever the bands, and says why when they are few enough
+        if bands <= channels:
             too_many += " without alpha (an alpha channel is never dropped: save the image without it)"
         raise ValueError(too_many)
-    fmt = image.format
-    if fmt == "JPEG":  # let the decoder scale down by 1/2, 1/4 or 1/8 on the way
-        image.draft(image.mode, (size[1], size[0]))
-    try:
-        image = Image.fromarray(_gray(image)) if color == 1 else image.convert("RGB")
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... on corrupt data
-        raise ValueError(f"not an image: the {fmt} data is corrupt ({err})") from err
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
     if pixels.shape[2] > channels:  # a color image: gray pixels (WebP has no gray mode) are gray
         if not (pixels == pixels[:, :, :1]).all():
             raise ValueError(too_many)
@@ -81,6 +78,20 @@ def decode_image(data: bytes | str, size: tuple[int, int], channels: int) -> np.
     if pixels.shape[2] < channels:  # a grayscale image for a color model
         pixels = np.repeat(pixels, channels, axis=2)
     return pixels
+
+
+def _pixels(image: Image.Image, size: tuple[int, int], color: int) -> np.ndarray:
+    """The decoded image as uint8 [height, width, 1 or 3], resized to `size` (height, width)."""
+    if image.format == "JPEG":  # let the decoder scale down by 1/2, 1/4 or 1/8 on the way
+        image.draft(image.mode, (size[1], size[0]))
+    if color == 1:
+        image = Image.fromarray(_gray(image))
+    elif image.mode != "RGB":  # (converting RGB to RGB would only copy it)
+        image = image.convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
 def image_bytes(data: bytes | str) -> bytes:
@@ -103,7 +114,7 @@ def image_bytes(data: bytes | str) -> bytes:
         raise ValueError("not an image: the text is not base64") from err
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, limit: int) -> Image.Image:
     """Reads the header only (PIL decodes pixels on first use); refuses a format not accepted."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard, in case another import raised it
     if not data:
@@ -114,7 +125,7 @@ def _open(data: bytes) -> Image.Image:
         declared = re.search(r"\((\d+) pixels\)", str(err))
         pixels = int(declared.group(1)) if declared else 0
         raise ImageTooLarge(f"image declares {pixels:,} pixels ({pixels / 1e6:,.1f} megapixels); the limit "
-                            f"is {MAX_PIXELS / 1e6:,.0f} megapixels") from None
+                            f"is {limit / 1e6:.3g} megapixels") from None
     except Exception:
         raise ValueError(_not_accepted(data)) from None
     image.format = _READ_AS.get(image.format, image.format)
@@ -131,9 +142,9 @@ def _not_accepted(data: bytes) -> str:
     return f"unsupported image format {found!r}; accepted: {accepted}"
 
 
-def _too_large(width: int, height: int) -> str:
+def _too_large(width: int, height: int, limit: int) -> str:
     return (f"image declares {width}x{height} pixels ({width * height / 1e6:,.1f} megapixels); the "
-            f"limit is {MAX_PIXELS / 1e6:,.0f} megapixels")
+            f"limit is {limit / 1e6:.3g} megapixels")
 
 
 def _channels(image: Image.Image) -> tuple[int, bool, int, str]:
@@ -156,4 +167,7 @@ def _gray(image: Image.Image) -> np.ndarray:
     values = np.asarray(image)
     if image.mode == "F":
         return np.clip(values, 0, 255).astype(np.uint8)
-    return (values.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit range
+    wide = np.clip(values, 0, 65535).astype(np.uint32)  # the 16-bit range, rounded to 8 bits in place:
+    wide += 128                                         # 4 bytes a pixel, not float64's 8
+    wide //= 257
+    return wide.astype(np.uint8)

@@ -70,7 +70,8 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
         progress.say(f"run {run_name}: storage {storage_path} (if interrupted: --resume {run_name})")
 
     prepared = prepare_data(cfg, storage_path, run_name)
-    builders.check_output(builders.model_spec(cfg, prepared))  # its output fits the data, before trials
+    # The builder's network, built once here: its output must fit the data, before any trial.
+    builders.check_output(builders.model_spec(cfg, prepared, builders.probe_params(cfg)))
     with tracking.pipeline_run(cfg, run_name, experiment_id, record.mlflow_run_id, record.resumes) as parent:
         run_id = parent.info.run_id
         progress.say(f"MLflow run {run_id} (experiment {cfg.tracking.experiment!r}, {tracking_uri})")
@@ -129,7 +130,8 @@ def register(cfg: PipelineConfig, prepared: data.PreparedData, best: tune.BestTr
         with local_copy(best.checkpoint_path, storage_path) as checkpoint_dir:
             model = tracking.log_best_model(checkpoint_dir, prepared, best.hyperparams,
                                             float(best.metrics[task.val_metric]), cfg.train.backend,
-                                            code=builders.code_location(cfg))
+                                            code=builders.code_location(cfg),
+                                            requirements=cfg.model.requirements)
         promotion = registry.register_if_better(cfg.model, model)
     progress.say(f"best params {best.hyperparams}; {model.val_metric} {model.val_score:.4f}, "
                  f"{model.test_metric} {model.test_score:.4f}")

@@ -156,18 +156,19 @@ class Column:
             return self.image_size[0] * self.image_size[1] * self.channels
         return len(self.categories) if self.kind == "categorical" else 1
 
-    def pixels(self, values: pd.Series) -> np.ndarray:
+    def pixels(self, values: pd.Series, max_pixels: int | None = None) -> np.ndarray:
         """image: decodes raw values (bytes or base64 text) to uint8 [n, height, width, channels];
-        ValueError naming the column, the row (position in `values`) and the problem."""
-        from raylane.images import decode_image  # Pillow: a requirement of image models only
+        ValueError naming the column, the row (position in `values`) and the problem. `max_pixels`:
+        the most an image may declare (default `raylane.images.MAX_PIXELS`)."""
+        from raylane.images import MAX_PIXELS, decode_image  # Pillow: a requirement of image models only
 
-        size = (self.image_size[0], self.image_size[1])
+        size, limit = (self.image_size[0], self.image_size[1]), max_pixels or MAX_PIXELS
         out = np.empty((len(values), *size, self.channels), dtype=np.uint8)
         for row, value in enumerate(values):
             try:
                 if _missing(value):
                     raise ValueError("the image is missing")
-                out[row] = decode_image(value, size, self.channels)
+                out[row] = decode_image(value, size, self.channels, limit)
             except ValueError as err:  # ImageTooLarge stays itself: the endpoint answers 413
                 raise type(err)(f"column {self.name!r}, row {row}: {err}") from err
         return out
@@ -220,13 +221,14 @@ class Preprocessor:
             names += [f"{c.name}={v}" for v in c.categories] if c.kind == "categorical" else [c.name]
         return names
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, max_pixels: int | None = None) -> np.ndarray:
         """Returns the float32 network input for raw columns by name; ValueError naming the first
-        column with a value of the wrong kind (the row is its position in `frame`)."""
+        column with a value of the wrong kind (the row is its position in `frame`). `max_pixels`:
+        the most an image may declare (`Column.pixels`)."""
         parts = []
         for c in self.columns:
             if c.kind == "image":
-                parts.append(c.normalize(c.pixels(frame[c.name])))
+                parts.append(c.normalize(c.pixels(frame[c.name], max_pixels)))
                 continue
             typed, bad = coerce(frame[c.name], c.kind)
             if bad.any():

@@ -86,7 +86,9 @@ def resume(storage_path: str, run_name: str, cfg: PipelineConfig | None,
         raise ConfigError(f"--resume {run_name!r}: its {RECORD_FILE} is unreadable: {err}") from err
     if cfg is not None:
         given = cfg.model_dump(mode="json")
-        changed = _differences(record.config, given)
+        # The recorded config as this raylane reads it: a run recorded by an earlier release
+        # (fields added since, fields moved) compares by meaning, not by its stored spelling.
+        changed = _differences(record.pipeline_config().model_dump(mode="json"), given)
         if not from_file:  # --set without --config: only what was set is the user's statement
             paths = tuple(item.split("=", 1)[0].strip() for item in overrides)
             changed = [c for c in changed if c.split(":")[0].startswith(paths)]

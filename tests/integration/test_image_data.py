@@ -88,7 +88,8 @@ def test_a_parquet_column_of_image_bytes_is_the_feature(ray_local, digits_png, t
                          for path, digit in some_digits(digits_png)])
     rows.iloc[::2].to_parquet(tmp_path / "a.parquet")
     rows.iloc[1::2].to_parquet(tmp_path / "b.parquet")
-    cfg = DataConfig(source=str(tmp_path / "*.parquet"), label_column="digit", image_size=8)
+    cfg = DataConfig(source=str(tmp_path / "*.parquet"), label_column="digit", image_column="image",
+                     image_size=8)
     prepared = data.prepare(cfg, str(tmp_path / "s"))
     assert prepared.feature_columns == ["image"] and prepared.image_shape == (8, 8, 3)  # gray repeated
     assert sum(prepared.num_rows.values()) == 60 and prepared.classes == list(range(10))
@@ -104,8 +105,8 @@ def test_a_csv_column_of_image_paths_reads_them_relative_to_the_table(ray_local,
     paths[0] = (str(table / paths[0][0]), paths[0][1])  # an absolute path
     paths.append(("pictures/3/nowhere.png", 3))
     pd.DataFrame(paths, columns=["image", "label"]).to_csv(table / "index.csv", index=False)
-    settings = {"source": str(table / "index.csv"), "label_column": "label", "image_size": 16,
-                "image_channels": 1}
+    settings = {"source": str(table / "index.csv"), "label_column": "label", "image_column": "image",
+                "image_size": 16, "image_channels": 1}
     missing = r"index.csv line 62: column 'image': pictures/3/nowhere.png: file not found"
     with pytest.raises(DataError, match=missing):
         data.prepare(DataConfig(**settings), str(tmp_path / "s"))

@@ -10,6 +10,7 @@ PNGs), then logged by `tracking.log_best_model` and registered as the pipeline d
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
 import shutil
@@ -240,8 +241,12 @@ def test_invocations_base64_column_answers_what_mlflow_models_serve_answers(endp
 # --- bad images -----------------------------------------------------------------------------------------
 def bad_images() -> list[tuple[bytes, str]]:
     gray = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    palette = io.BytesIO()
+    Image.fromarray(noise).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(palette, "PNG")
     return [
         (b"this is not an image", "not an image"),
+        (palette.getvalue()[:len(palette.getvalue()) // 2], "not an image: truncated or corrupt PNG data"),
         (encode(gray, "GIF"), "unsupported image format 'GIF'"),
         (encode(np.zeros((SIZE, SIZE, 4), dtype=np.uint8), mode="RGBA"), "image has 4 channels (RGBA)"),
     ]
@@ -289,6 +294,37 @@ def test_a_decompression_bomb_is_413_fast_and_the_replica_stays_healthy(endpoint
     one = {"instances": [{"b64": b64(endpoint["images"][0])}]}
     after = client.post(f"/v1/models/{NAME}:predict", json=one)
     assert after.status_code == 200 and after.json()["predictions"] == endpoint["expected"][:1]
+
+
+def test_a_real_image_far_larger_than_the_model_needs_is_413_and_the_replica_stays_healthy(endpoint) -> None:
+    """A request's image may declare 64x the model's 16x16 input and at least 4 megapixels: a
+    6-megapixel photo (a few KB of one color here) is refused from its header, though the data
+    stage would read it; one just under the limit decodes, several at once (two at a time)."""
+    client = endpoint["client"]
+    large = encode(np.full((2_000, 3_000), 128, dtype=np.uint8))
+    assert len(large) < 100_000
+    for response in (
+        client.post(f"/v1/models/{NAME}:predict", content=large, headers={"content-type": "image/png"}),
+        client.post(f"/v1/models/{NAME}:predict", json={"instances": [{"b64": b64(large)}]}),
+        client.post("/invocations", json={"dataframe_records": [{"image": b64(large)}]}),
+    ):
+        assert response.status_code == 413, response.text
+        assert "3000x2000 pixels (6.0 megapixels); the limit is 4 megapixels" in response.json()["error"]
+    under = encode(np.full((1_900, 2_000), 128, dtype=np.uint8))
+    expected = endpoint["model"].predict(pd.DataFrame({"image": [under]})).tolist()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.post(f"/v1/models/{NAME}:predict", content=under,
+                                                      headers={"content-type": "image/png"}), range(6)))
+    assert all(a.status_code == 200 and a.json()["predictions"] == expected for a in answers)
+    assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_v1_json_without_a_content_type_is_read_as_json(endpoint) -> None:
+    body = json.dumps({"instances": [{"b64": b64(png)} for png in endpoint["images"][:4]]})
+    response = endpoint["client"].post(f"/v1/models/{NAME}:predict", content=body)
+    assert "content-type" not in response.request.headers  # httpx sends none for raw content
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == endpoint["expected"][:4]
 
 
 def test_numbers_for_an_image_model_are_400_saying_it_takes_images(endpoint) -> None:

@@ -46,6 +46,16 @@ def test_v1_predict_is_accurate_and_names_the_version(endpoint) -> None:
     assert accuracy(response.json()["predictions"], labels) > 0.8
 
 
+def test_v1_predict_without_a_content_type_is_read_as_json(endpoint) -> None:
+    """As FastAPI reads a body parameter: a client that sends JSON without saying so still gets 200."""
+    rows = endpoint["rows"][:3].tolist()
+    response = endpoint["client"].post("/v1/models/digits:predict", content=json.dumps({"instances": rows}))
+    assert "content-type" not in response.request.headers  # httpx sends none for raw content
+    assert response.status_code == 200, response.text
+    expected = endpoint["client"].post("/v1/models/digits:predict", json={"instances": rows}).json()
+    assert response.json() == expected
+
+
 def test_missing_values_are_imputed_as_in_training(endpoint) -> None:
     """null is a missing value on every protocol: the model fills it with the train mean."""
     row = endpoint["rows"][0].tolist()

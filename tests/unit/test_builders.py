@@ -34,6 +34,12 @@ def needs_width(inputs, outputs, *, width):
 def keras_like(inputs, outputs):
     return "not a model"
 
+def needs_depth(inputs, outputs, *, depth):
+    return nn.Linear(inputs.features, outputs.size)
+
+def flat(inputs, outputs):
+    return nn.Sequential(nn.Linear(inputs.features, 1), nn.Flatten(0))
+
 not_a_function = 3
 '''
 
@@ -123,9 +129,45 @@ def test_an_output_width_that_is_not_the_classes_is_refused(user_module: str) ->
     with pytest.raises(ConfigError) as err:
         check_output(model_spec(cfg, prepared(classes=3)))
     assert str(err.value) == (f"model.builder '{user_module}:fixed_ten': the model outputs 10 values "
-                              "per row; the data has 3 classes (0, 1, 2): build the last layer with "
-                              "outputs.size")
+                              "per row; the data has 3 classes (0, 1, 2): end with one value per "
+                              "output, [rows, outputs.size]")
     check_output(model_spec(load_config(None, [f"model.builder={user_module}:build"]), prepared()))
+
+
+def test_a_param_given_only_by_the_search_is_built_with_a_searched_value(user_module: str) -> None:
+    from raylane.builders import probe_params
+
+    cfg = load_config(None, [f"model.builder={user_module}:needs_depth",
+                             "tune.search_space.depth={choice: [2, 3]}"])
+    check_builder(cfg)
+    assert probe_params(cfg) == {"depth": 2}
+    check_output(model_spec(cfg, prepared(), probe_params(cfg)))
+
+
+def test_an_output_that_is_not_two_dimensional_names_its_shape(user_module: str) -> None:
+    cfg = load_config(None, [f"model.builder={user_module}:flat"])
+    with pytest.raises(ConfigError, match=r"the model outputs shape \[2\] for 2 rows"):
+        check_output(model_spec(cfg, prepared()))
+
+
+def test_a_builder_in_main_and_a_missing_dependency_are_named(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "define it in a .py module" in check("model.builder=__main__:build")
+    (tmp_path / "needs_x.py").write_text("import not_installed_anywhere\n\ndef build(i, o):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert check("model.builder=needs_x:build") == (
+        "model.builder 'needs_x:build': importing 'needs_x' failed: No module named "
+        "'not_installed_anywhere'")
+
+
+def test_the_builders_requirements_are_pinned_into_the_model() -> None:
+    from raylane.tracking.model_logging import _pinned
+
+    assert _pinned("numpy").startswith("numpy==")
+    assert _pinned("einops>=0.8") == "einops>=0.8"
+    assert _pinned("surely-not-installed-pkg") == "surely-not-installed-pkg"
+    cfg = load_config(None, ["model.requirements=[timm, 'einops>=0.8']"])
+    assert cfg.model.requirements == ["timm", "einops>=0.8"]
 
 
 def test_a_builder_returning_no_model_is_refused(user_module: str) -> None:
@@ -142,3 +184,21 @@ def test_the_cli_exits_2_on_a_bad_builder_before_ray_starts(tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr
     assert "model.builder 'nope:build': module 'nope' not found" in result.stderr
     assert "Ray" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_later_model_version_loads_its_own_copy_of_the_builder(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Serve replica following its alias loads v2 after v1: each model's code/ has its own copy
+    of the builder's module, under the same name; v2 must not get v1's, already imported."""
+    from raylane.model.network import prefer_code_from, resolve_builder
+
+    for version in ("v1", "v2"):
+        (tmp_path / version / "code").mkdir(parents=True)
+        source = f"def build(i, o):\n    return {version!r}\n"
+        (tmp_path / version / "code" / "team_same.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path / "v1" / "code"))
+    assert resolve_builder("team_same:build")(None, None) == "v1"
+    monkeypatch.syspath_prepend(str(tmp_path / "v2" / "code"))  # as MLflow does when loading v2
+    prefer_code_from(str(tmp_path / "v2" / "code"))
+    assert resolve_builder("team_same:build")(None, None) == "v2"
+    sys.modules.pop("team_same", None)

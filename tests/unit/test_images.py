@@ -107,8 +107,18 @@ def test_what_is_not_an_image_says_so(data, problem) -> None:
 
 def test_a_truncated_image_is_not_an_image() -> None:
     data = encode(gray(64, 64))
-    with pytest.raises(ValueError, match=r"^not an image: the PNG data is corrupt"):
+    with pytest.raises(ValueError, match=r"^not an image: truncated or corrupt PNG data"):
         decode_image(data[: len(data) // 2], (8, 8), 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_truncated_palette_image_is_not_an_image(channels) -> None:
+    """A palette image is read (for its palette) before anything else: cut short, PIL's OSError
+    there is a ValueError naming the problem too, not an error the endpoint answers with a 500."""
+    data = encode(rgb(64, 64).convert("P", palette=Image.Palette.ADAPTIVE, colors=16))
+    with pytest.raises(ValueError, match=r"^not an image: truncated or corrupt PNG data") as raised:
+        decode_image(data[: len(data) // 2], (8, 8), channels)
+    assert not isinstance(raised.value, ImageTooLarge)
 
 
 def test_a_format_outside_the_accepted_ones_is_named() -> None:
@@ -132,6 +142,27 @@ def test_a_decompression_bomb_is_refused_from_its_header_without_decoding(width,
     assert time.perf_counter() - started < 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 20 * 1024  # KiB: nothing allocated
     assert issubclass(ImageTooLarge, ValueError)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_lower_limit_refuses_a_real_image_from_its_header_and_never_raises_the_default() -> None:
+    image = encode(Image.new("RGB", (3_000, 2_000), (10, 200, 30)))  # 6 megapixels, a few KB
+    assert decode_image(image, (8, 8), 3).shape == (8, 8, 3)
+    with pytest.raises(ImageTooLarge, match=r"^image declares 3000x2000 pixels \(6.0 megapixels\); the "
+                                            r"limit is 4 megapixels$"):
+        decode_image(image, (8, 8), 3, max_pixels=4_000_000)
+    with pytest.raises(ImageTooLarge, match=r"the limit is 40 megapixels$"):  # capped at MAX_PIXELS
+        decode_image(declaring(8_000, 6_000), (8, 8), 1, max_pixels=10 * MAX_PIXELS)
+    column = Column("image", "image", image_size=[8, 8], channels=3, channel_mean=[0.0] * 3,
+                    channel_std=[1.0] * 3)
+    with pytest.raises(ImageTooLarge, match=r"^column 'image', row 0: image declares 3000x2000"):
+        Preprocessor([column]).transform(pd.DataFrame({"image": [image]}), max_pixels=4_000_000)
+
+
+def test_sixteen_bit_gray_rounds_to_the_nearest_eight_bit_value() -> None:
+    values = np.arange(0, 65536, dtype=np.uint16).reshape(256, 256)
+    pixels = decode_image(encode(Image.fromarray(values)), (256, 256), 1)[:, :, 0]
+    assert (pixels == np.round(values / 257.0).astype(np.uint8)).all()
 
 
 # --- the image column of the preprocessor ----------------------------------------------------------
@@ -202,3 +233,48 @@ def test_the_image_column_survives_the_json_round_trip_and_tabular_json_is_uncha
     assert tabular.to_dict() == {"columns": [{"name": "x", "kind": "numeric", "fill": 0.0, "mean": 1.0,
                                               "std": 2.0, "categories": []}]}  # as logged before images
     assert not tabular.is_image and tabular.image_shape is None
+
+
+def test_image_preprocess_json_is_version_2_and_tabular_stays_1(tmp_path, monkeypatch) -> None:
+    """An image column adds fields a raylane from before images cannot read: such a raylane (one
+    that reads up to version 1) refuses the file with "upgrade raylane", and still loads tabular models."""
+    import json
+
+    from raylane.errors import ModelFormatError
+    from raylane.model import pyfunc
+
+    image, _ = fitted_images()
+    tabular = Preprocessor([Column("x", "numeric", fill=0.0, mean=0.0, std=1.0)])
+    paths = {}
+    for name, pre in (("image", image), ("tabular", tabular)):
+        paths[name] = pyfunc.write_preprocess(str(tmp_path / f"{name}.json"), pre, [0, 1], "torch")
+        assert Preprocessor.from_dict(pyfunc.read_preprocess(paths[name])["preprocessor"]) == pre
+    assert json.loads((tmp_path / "image.json").read_text())["format_version"] == 2
+    assert json.loads((tmp_path / "tabular.json").read_text())["format_version"] == 1
+    monkeypatch.setattr(pyfunc, "FORMAT_VERSION", 1)  # a raylane from before image columns
+    assert pyfunc.read_preprocess(paths["tabular"])["classes"] == [0, 1]
+    with pytest.raises(ModelFormatError, match=r"has format version 2; this raylane reads up to 1: upgrade"):
+        pyfunc.read_preprocess(paths["image"])
+
+
+# --- which tables are image data --------------------------------------------------------------------
+def test_a_table_is_tabular_unless_data_image_column_names_its_image_column() -> None:
+    import pyarrow as pa
+    from raylane.config import DataConfig
+    from raylane.data.sources import resolve_columns
+    from raylane.errors import DataError
+
+    schema = pa.schema([("image", pa.string()), ("age", pa.float64()), ("target", pa.int64())])
+    kinds, _ = resolve_columns(DataConfig(source="t.csv"), ["t.csv"], [schema])
+    assert kinds == {"image": "categorical", "age": "numeric"}  # a column that happens to be named so
+    kinds, _ = resolve_columns(DataConfig(source="t.csv", image_column="image"), ["t.csv"], [schema])
+    assert kinds == {"image": "image"}
+    refused = [({"image_column": "photo"}, r"data.image_column: column 'photo' not found in t.csv"),
+               ({"image_column": "age"}, r"data.image_column: column 'age' in t.csv holds double"),
+               ({"image_column": "image", "column_types": {"image": "categorical"}},
+                r"data.image_column: column 'image' is also data.column_types"),
+               ({"image_column": "image", "feature_columns": ["image", "age"]},
+                r"data.feature_columns: an image model's one feature is the image column 'image'")]
+    for settings, message in refused:
+        with pytest.raises(DataError, match=message):
+            resolve_columns(DataConfig(source="t.csv", **settings), ["t.csv"], [schema])

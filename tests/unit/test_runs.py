@@ -30,3 +30,27 @@ def test_resume_names_the_fields_that_differ_and_the_known_runs(tmp_path) -> Non
     assert record.pipeline_config().train.epochs == 3  # the run's own config, not the defaults
     with pytest.raises(ConfigError, match=r"no run of that name.*known runs: r1"):
         runs.resume(storage, "nope", None)
+
+
+def test_a_run_recorded_before_model_builders_resumes_with_the_same_config_file(tmp_path) -> None:
+    """A record whose config has the MLP's fields under `train` and none of the fields added
+    since is the same run as today's reading of the same YAML, not a changed one."""
+    import json
+
+    storage = str(tmp_path)
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("train:\n  epochs: 3\n  num_layers: 1\n")
+    runs.start(storage, "old", load_config(recipe))
+    path = tmp_path / "old" / runs.RECORD_FILE
+    record = json.loads(path.read_text())
+    config = record["config"]
+    model = config["model"]
+    config["train"].update(hidden_size=128, num_layers=model.pop("params")["num_layers"], dropout=0.0)
+    for gone in ("builder", "requirements"):
+        model.pop(gone)
+    config["train"].pop("strategy")
+    for field in ("image_column", "image_size", "image_channels"):
+        config["data"].pop(field)
+    path.write_text(json.dumps(record))
+    resumed = runs.resume(storage, "old", load_config(recipe), from_file=True)
+    assert resumed.pipeline_config().model.params == {"num_layers": 1}  # the rest: the MLP defaults

@@ -20,11 +20,7 @@ TRAIN_SESSION = "ray.train._internal.session"
 CONTROLLER_CALLBACK = "ray.train.v2._internal.execution.callback"
 TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
 DRIVER = "ray._private.worker"
-RUNTIME_ENV_CONSTANTS = "ray._private.runtime_env.constants"
-PY_MODULES = "ray._private.runtime_env.py_modules"
 SYMBOLS = (
-    (RUNTIME_ENV_CONSTANTS, "RAY_JOB_CONFIG_JSON_ENV_VAR"),
-    (PY_MODULES, "upload_py_modules_if_needed"),
     (KV, "_internal_kv_get"),
     (KV, "_internal_kv_put"),
     (KV, "_internal_kv_del"),
@@ -40,28 +36,6 @@ SYMBOLS = (
 # public one (its own Serve, Tune and runtime_env keep state there through these same functions);
 # the public alternative, a named actor, costs a process and a queued actor call per read, and the
 # workers waiting at a rung read every 50 ms.
-
-def in_submitted_job() -> bool:
-    """Whether this driver is the entrypoint of a `ray job submit` job: the job manager hands it
-    the job's runtime env (working_dir...) in this environment variable, and `ray.init` merges a
-    runtime env given to it with that one."""
-    import os
-
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    return RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ
-
-
-def upload_py_modules(paths: list[str]) -> list[str]:
-    """Uploads local packages or module files to the cluster (as `runtime_env` `py_modules` does
-    for `ray.init`) and returns their `gcs://` URIs, which any node's actors can use: a runtime env
-    given to an actor started by another process (a Train controller) must not name a path that
-    only exists here. Packages already uploaded (same content) are not sent again."""
-    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
-
-    return list(upload_py_modules_if_needed({"py_modules": list(paths)}, include_gitignore=True,
-                                            logger=logging.getLogger(__name__))["py_modules"])
-
 
 def kv_get(key: str) -> bytes | None:
     """Returns the value stored under `key`, None if there is none.

@@ -59,6 +59,7 @@ from raylane.data.sources import (
     configure_ray_data,
     file_schema,
     filesystem,
+    folder_image_column,
     list_files,
     list_images,
     resolve_columns,
@@ -87,7 +88,7 @@ def prepare(cfg: DataConfig, storage_path: str, directory: str | None = None) ->
     folder = list_images(source, fmt)
     if folder is not None:
         _check_image_folder_config(cfg)
-        fmt, files, kinds, drift = "images", folder.files, {cfg.image_column: "image"}, []
+        fmt, files, kinds, drift = "images", folder.files, {folder_image_column(cfg): "image"}, []
         progress.say(f"  {len(files):,} images in {len(set(folder.classes))} class folders under {source}")
         in_memory = folder.total_bytes + len(files) * (int(np.prod(cfg.image_shape)) + _ROW_OVERHEAD)
     else:
@@ -116,9 +117,9 @@ def _check_image_folder_config(cfg: DataConfig) -> None:
     if cfg.id_column is not None:
         raise DataError(f"data.id_column: {cfg.source!r} is a folder of images, which has no columns (the "
                         "split hashes each image's bytes); unset data.id_column")
-    if cfg.feature_columns not in (None, [cfg.image_column]):
+    if cfg.feature_columns not in (None, [folder_image_column(cfg)]):
         raise DataError(f"data.feature_columns: {cfg.source!r} is a folder of images, whose one feature is "
-                        f"the image (data.image_column {cfg.image_column!r}); unset data.feature_columns")
+                        f"the image (column {folder_image_column(cfg)!r}); unset data.feature_columns")
 
 
 def _prepare(cfg: DataConfig, storage_path: str, directory: str | None, source: str, fmt: str,

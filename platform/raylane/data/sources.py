@@ -23,6 +23,8 @@ from raylane.images import IMAGE_EXTENSIONS
 from raylane.preprocess import kind_of
 
 READY_MARKER = "_RAYLANE_COMPLETE"  # written last into a directory: what is there is complete
+FOLDER_IMAGE_COLUMN = "image"
+"""The column an image folder source's images are read as (unless data.image_column names another)."""
 
 
 def configure_ray_data() -> None:
@@ -182,18 +184,29 @@ def file_schema(fs: pafs.FileSystem, path: str, fmt: str, cfg: DataConfig) -> pa
         raise DataError(f"data.source {cfg.source!r}: cannot read {path!r}: {err}") from err
 
 
+def folder_image_column(cfg: DataConfig) -> str:
+    """The column an image folder source's images are read as."""
+    return cfg.image_column or FOLDER_IMAGE_COLUMN
+
+
 def _image_column(cfg: DataConfig, schema: pa.Schema, where: str) -> str | None:
-    """Returns data.image_column when the table has it (and it is not typed otherwise by
-    data.column_types): image bytes or paths, the model's only feature."""
+    """Returns data.image_column, checked against the table: image bytes or paths, the model's only
+    feature. None when it is unset: a table is tabular unless asked, whatever its columns are named."""
     name = cfg.image_column
-    if name not in schema.names or name in cfg.column_types or name in {cfg.label_column, cfg.id_column}:
+    if name is None:
         return None
-    if cfg.feature_columns is not None and name not in cfg.feature_columns:
-        return None
-    if cfg.feature_columns is not None and len(cfg.feature_columns) > 1:
-        others = ", ".join(c for c in cfg.feature_columns if c != name)
-        raise DataError(f"data.feature_columns: an image model takes one feature, the image column "
-                        f"{name!r}; remove {others}")
+    if name not in schema.names:
+        raise DataError(f"data.image_column: column {name!r} not found in {where}; columns are "
+                        f"{', '.join(schema.names)}")
+    taken = {"label_column": name == cfg.label_column, "id_column": name == cfg.id_column,
+             "column_types": name in cfg.column_types}
+    also = next((field_name for field_name, same in taken.items() if same), None)
+    if also is not None:
+        raise DataError(f"data.image_column: column {name!r} is also data.{also}; the image column is "
+                        "the model's only feature")
+    if cfg.feature_columns not in (None, [name]):
+        raise DataError(f"data.feature_columns: an image model's one feature is the image column {name!r} "
+                        "(data.image_column); unset data.feature_columns")
     kind = schema.field(name).type
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_string(kind)
             or pa.types.is_large_string(kind) or pa.types.is_null(kind)):

@@ -16,6 +16,7 @@ Torch and Keras are imported inside the builders, so a PyTorch user never pays f
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
@@ -110,13 +111,29 @@ class ModelSpec:
 def resolve_builder(path: str) -> Any:
     """Returns the function named by 'module.path:function'; ImportError or AttributeError as is."""
     module_name, _, name = path.partition(":")
-    if "" not in sys.path and not getattr(sys, "frozen", False):
-        sys.path.append("")  # the working directory, as under `python -m`; a console script lacks it
     module = importlib.import_module(module_name)
     target: Any = module
     for part in name.split("."):
         target = getattr(target, part)
     return target
+
+
+def prefer_code_from(code_dir: str) -> None:
+    """Makes the next import of each package carried in `code_dir` (a logged model's `code/`,
+    which MLflow puts first on sys.path) load this model's copy: a process that loaded another
+    model version earlier (a Serve replica following its alias) may hold a builder module of the
+    same name with different code. raylane itself is never reloaded."""
+    if not os.path.isdir(code_dir):
+        return
+    root = os.path.abspath(code_dir) + os.sep
+    for entry in os.listdir(code_dir):
+        name = entry.removesuffix(".py")
+        module = sys.modules.get(name)
+        if name == "raylane" or module is None or (getattr(module, "__file__", None) or "").startswith(root):
+            continue
+        for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            del sys.modules[loaded]
+    importlib.invalidate_caches()
 
 
 Width = Annotated[int, Ge(1)]

@@ -17,13 +17,20 @@ import numpy as np
 import pandas as pd
 
 from raylane.model.checkpoint import check_format, load_keras_model, load_torch_model
+from raylane.model.network import prefer_code_from
 from raylane.preprocess import Column, Preprocessor
 
 PREPROCESS_FILE = "preprocess.json"
-FORMAT_VERSION = 1
-"""Version of preprocess.json. 1: it carries `format_version`, `preprocessor`, `classes`,
-`framework`, `task` and `target`. Without a version (0), fields may be missing: a model logged
-before typed columns has `feature_columns`, `mean` and `std` instead of `preprocessor`."""
+FORMAT_VERSION = 2
+"""The newest version of preprocess.json this raylane reads (and writes for an image model).
+2: a preprocessor with an image column (kind `image`, with `image_size`, `channels`,
+`channel_mean`, `channel_std`), which a raylane that reads only 1 must refuse ("upgrade raylane").
+1: it carries `format_version`, `preprocessor`, `classes`, `framework`, `task` and `target`; a
+tabular model is still written as 1, so an older raylane loads it. Without a version (0), fields
+may be missing: a model logged before typed columns has `feature_columns`, `mean` and `std`
+instead of `preprocessor`."""
+TABULAR_FORMAT_VERSION = 1
+"""The version a model without an image column is written as."""
 
 
 class RaylaneClassifier(mlflow.pyfunc.PythonModel):
@@ -38,7 +45,9 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
         self.task: str = meta["task"]
         target = meta["target"]
         self._target = (float(target.get("mean", 0.0)), float(target.get("std", 1.0)))
-        self._load_network(context.artifacts["checkpoint"])
+        checkpoint = context.artifacts["checkpoint"]  # <model>/artifacts/checkpoint; code in <model>/code
+        prefer_code_from(os.path.join(os.path.dirname(os.path.dirname(checkpoint)), "code"))
+        self._load_network(checkpoint)
 
     def _load_network(self, directory: str) -> None:
         """`_probabilities`: network input -> class probabilities, or for regression the predicted
@@ -134,9 +143,12 @@ def _feature_frame(frame: Any, columns: list[str]) -> pd.DataFrame:
 
 def write_preprocess(path: str, preprocessor: Preprocessor, classes: list[Any], framework: str,
                      task: str = "classification", target: dict[str, float] | None = None) -> str:
-    """Writes the preprocessing artifact and returns its path."""
+    """Writes the preprocessing artifact and returns its path: format version 2 for a model with
+    an image column, else 1 (what raylanes before image columns read)."""
+    has_image = any(c.kind == "image" for c in preprocessor.columns)
+    version = FORMAT_VERSION if has_image else TABULAR_FORMAT_VERSION
     with open(path, "w") as f:
-        json.dump({"format_version": FORMAT_VERSION, "preprocessor": preprocessor.to_dict(),
+        json.dump({"format_version": version, "preprocessor": preprocessor.to_dict(),
                    "classes": classes, "framework": framework, "task": task, "target": target or {}}, f)
     return path
 

@@ -65,6 +65,9 @@ from raylane.serving.protocols.v2 import (
 from raylane.serving.rollout import ModelSlot
 
 VERSION_HEADER = "X-Model-Version"
+IMAGE_DECODES_AT_ONCE = 2
+"""Requests whose images a replica decodes at the same time; the others wait their turn. With each
+image held to `request_pixel_limit`, this bounds a replica's decoding memory whatever the load."""
 
 # The one place raylane's error types become HTTP statuses (as KServe's handler table does); call
 # sites raise the type. FastAPI's and Starlette's own exceptions keep their handlers below, and a
@@ -203,11 +206,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 def _v1_request(body: bytes, content_type: str | None, request_type: type[BaseModel]) -> Any:
     """The V1 request validated from its body as FastAPI validates a body parameter (the route reads
     the body itself, since an image model also takes a raw image): JSON when the content type says
-    JSON, else the bytes as they are (which no request model takes); the same errors and statuses."""
+    JSON or is missing, else the bytes as they are (which no request model takes); the same errors
+    and statuses."""
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     value: Any = body
-    mime = (content_type or "").partition(";")[0].strip().lower()
+    mime = (content_type or "application/json").partition(";")[0].strip().lower()
     if mime.startswith("application/") and (mime == "application/json" or mime.endswith("+json")):
         try:
             value = json.loads(body)
@@ -246,6 +250,7 @@ class ModelServer:
         if args.follows or args.canary or args.auth:
             self.slot.follow(also=self.auth.reload if self.auth else None)
         self._openapi: tuple[str, dict[str, Any]] | None = None
+        self._decoding = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
         serving.REPLICA["server"] = self
 
     # --- model calls ----------------------------------------------------------------------------------
@@ -269,8 +274,9 @@ class ModelServer:
 
     async def _probabilities(self, model: LoadedModel, rows: np.ndarray | pd.DataFrame,
                              field: str = "inputs") -> np.ndarray:
-        if isinstance(rows, pd.DataFrame) and model.is_image:  # decoding: off the event loop
-            encoded = await asyncio.to_thread(encode_rows, model, rows, field)
+        if isinstance(rows, pd.DataFrame) and model.is_image:  # decoding: off the event loop, bounded
+            async with self._decoding:
+                encoded = await asyncio.to_thread(encode_rows, model, rows, field)
             probabilities = await self._predict_batch((model, encoded, True))
         elif isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
             probabilities = await self._predict_batch((model, encode_rows(model, rows, field), True))

@@ -6,6 +6,7 @@ import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +18,20 @@ from raylane.config import ServingOptions
 # MLflow column types -> Open Inference Protocol datatypes.
 V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
                 "boolean": "BOOL", "string": "BYTES", "binary": "BYTES"}
+MIN_REQUEST_PIXELS = 4_000_000
+"""The fewest pixels a request's image may always declare (`request_pixel_limit`)."""
+REQUEST_PIXELS_PER_INPUT_PIXEL = 64
+"""How many times the model's own input (height x width) a request's image may declare."""
+
+
+def request_pixel_limit(image_shape: tuple[int, int, int]) -> int:
+    """Returns the most pixels an image sent to the endpoint may declare: 64x the model's input,
+    and at least 4 megapixels (never above `raylane.images.MAX_PIXELS`, which the data stage
+    allows). Above it, a 413 from the image's header, before any pixel is decoded: one decode
+    peaks at 4-10 bytes a pixel, so with two at once per replica (`app.IMAGE_DECODES_AT_ONCE`) a
+    replica's decoding holds at most ~80 MB for any model up to 250x250 pixels."""
+    height, width, _ = image_shape
+    return max(MIN_REQUEST_PIXELS, REQUEST_PIXELS_PER_INPUT_PIXEL * height * width)
 
 
 class ServeArgs(ServingOptions):
@@ -121,10 +136,13 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     inner = pyfunc.unwrap_python_model()
     columns, image = list(inner.feature_columns), inner.preprocessor.is_image
+    encode = inner.preprocessor.transform
+    if image:  # a request's images are held to less than the data stage's (request_pixel_limit)
+        encode = partial(encode, max_pixels=request_pixel_limit(inner.preprocessor.image_shape))
     model = LoadedModel(
         name=name, version=str(version), feature_columns=columns, classes=list(inner.classes),
         predict_proba=inner.predict_proba, kinds=dict(inner.preprocessor.kinds),
-        encode=inner.preprocessor.transform, forward=inner.forward, task=inner.task,
+        encode=encode, forward=inner.forward, task=inner.task,
         framework=inner.framework,
         input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns, image),
         pyfunc=pyfunc, image_shape=inner.preprocessor.image_shape,

@@ -40,7 +40,8 @@ class LoggedModel:
 
 
 def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, Any],
-                   val_score: float, framework: str = "torch", code: str | None = None) -> LoggedModel:
+                   val_score: float, framework: str = "torch", code: str | None = None,
+                   requirements: list[str] = ()) -> LoggedModel:
     """Logs the best checkpoint as a pyfunc model on the active run and returns its test metric:
     accuracy, or for regression the mean absolute error (`val_score`: the same on validation).
     `code`: the model builder's package or module, carried inside the model (`code_paths`) so it
@@ -71,7 +72,8 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
             code_paths=[package_dir(), *([code] if code else [])],
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(framework, data.preprocessor.kinds),
+            pip_requirements=_pip_requirements(framework, data.preprocessor.kinds)
+            + [_pinned(r) for r in requirements],
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
     total, rows = 0.0, 0
@@ -101,6 +103,20 @@ def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
     inputs = Schema([ColSpec(kinds.get(c.kind, AnyType()), c.name, required=c.kind == "image")
                      for c in preprocessor.columns])
     return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
+
+
+def _pinned(requirement: str) -> str:
+    """A builder's requirement (`model.requirements`) as given, or pinned to the installed version
+    when it names a bare package that is installed here: the served model then gets what trained."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = requirement.strip()
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return name  # a specifier, URL or extra: the user's own words
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
 
 
 def _pip_requirements(framework: str, kinds: dict[str, str] | None = None) -> list[str]:

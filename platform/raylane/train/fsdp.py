@@ -29,7 +29,8 @@ def shard(network: nn.Module) -> nn.Module:
     """Returns `network` (already on its device) with its parameters sharded across the workers.
 
     Every submodule that owns parameters becomes an FSDP unit, all-gathered only for its own
-    forward and backward and freed after; the root takes whatever is left. Gradients are
+    forward and backward and freed after, unless it owns or leads to a tied parameter
+    (`inner_units`); the root takes whatever is left. Gradients are
     reduce-scattered to the shards, and an optimizer built on the returned model's parameters
     keeps state for the local shards only. Each rank keeps its shard of its own copy, so every
     rank must build the same initial network (the loop seeds torch before building it)."""
@@ -40,12 +41,42 @@ def shard(network: nn.Module) -> nn.Module:
     # visible, even to a CPU worker.
     device = next(network.parameters(), torch.empty(0)).device
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for module in inner_units(network):
+        fully_shard(module, mesh=mesh)
+    return fully_shard(network, mesh=mesh)
+
+
+def inner_units(network: nn.Module) -> list[nn.Module]:
+    """Returns the submodules that `shard` makes FSDP units of their own, innermost first: each
+    one that owns parameters, except those on the way from a tied parameter's owners up to their
+    common ancestor, whose unit (or the root) then holds the tied parameter once.
+
+    fully_shard refuses one Parameter in two units, as an embedding and an output layer sharing
+    a weight would otherwise be."""
+    owners: dict[int, list[list[str]]] = {}  # id(parameter) -> its owners' paths, name by name
+    for name, parameter in network.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(parameter), []).append(name.split(".")[:-1])
+    kept_whole: set[nn.Module] = set()
+    for paths in owners.values():
+        if len(paths) > 1:
+            ancestor = len(common_prefix(paths))
+            for path in paths:
+                kept_whole.update(network.get_submodule(".".join(path[:depth]))
+                                  for depth in range(ancestor + 1, len(path) + 1))
     # Reversed pre-order: a module's descendants are sharded before it, so each unit owns only
     # the parameters no inner unit took.
-    for module in reversed(list(network.modules())[1:]):
-        if next(module.parameters(recurse=False), None) is not None:
-            fully_shard(module, mesh=mesh)
-    return fully_shard(network, mesh=mesh)
+    return [module for module in reversed(list(network.modules())[1:])
+            if module not in kept_whole and next(module.parameters(recurse=False), None) is not None]
+
+
+def common_prefix(paths: list[list[str]]) -> list[str]:
+    """Returns the longest list of names that starts every one of `paths`."""
+    prefix: list[str] = []
+    for names in zip(*paths, strict=False):  # paths of different lengths
+        if any(name != names[0] for name in names):
+            break
+        prefix.append(names[0])
+    return prefix
 
 
 def save_full_state(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,

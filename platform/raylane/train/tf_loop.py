@@ -58,6 +58,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 loss = tf.reduce_sum(per_row_loss(y, logits)) / global_batch
+                if model.losses:  # the builder's regularizers, summed over replicas like the loss
+                    loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))  # all-reduced
             return loss
