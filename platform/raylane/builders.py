@@ -18,6 +18,7 @@ import sysconfig
 from typing import Any
 
 from raylane import env
+from raylane._compat.ray import upload_py_modules
 from raylane.config import HYPERPARAMETERS, PipelineConfig
 from raylane.errors import ConfigError
 from raylane.model.network import BUILTIN_BUILDERS, InputSpec, ModelSpec, OutputSpec, resolve_builder
@@ -76,15 +77,16 @@ def worker_runtime_env(cfg: PipelineConfig) -> dict[str, Any]:
 
     Nothing when they can import it already (`worker_code`), or when the job's own runtime env
     carries it (`raylane.cluster.connect` started or joined Ray with it: the job keeps it for its
-    whole life). Otherwise Ray was started by something else (a notebook's or a test's `ray.init`)
-    and the code's local path is given to the workers' actors, uploaded by the Train controller
-    on this machine."""
+    whole life). Otherwise Ray was started by something else (a notebook's or a test's `ray.init`):
+    the code is uploaded from here and the workers get its URI. Ray keeps such an upload for 10
+    minutes unless a job references it, so a long run on a multi-node cluster is safer with the
+    code in that `ray.init`'s runtime env (see README)."""
     import ray
 
     code = worker_code(cfg)
     if not code or ray.get_runtime_context().runtime_env.get("py_modules"):
         return {}
-    return {"py_modules": code}
+    return {"py_modules": upload_py_modules(code)}
 
 
 def worker_code(cfg: PipelineConfig) -> list[str]:

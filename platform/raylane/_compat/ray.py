@@ -20,7 +20,9 @@ TRAIN_SESSION = "ray.train._internal.session"
 CONTROLLER_CALLBACK = "ray.train.v2._internal.execution.callback"
 TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
 DRIVER = "ray._private.worker"
+PY_MODULES = "ray._private.runtime_env.py_modules"
 SYMBOLS = (
+    (PY_MODULES, "upload_py_modules_if_needed"),
     (KV, "_internal_kv_get"),
     (KV, "_internal_kv_put"),
     (KV, "_internal_kv_del"),
@@ -36,6 +38,22 @@ SYMBOLS = (
 # public one (its own Serve, Tune and runtime_env keep state there through these same functions);
 # the public alternative, a named actor, costs a process and a queued actor call per read, and the
 # workers waiting at a rung read every 50 ms.
+
+def upload_py_modules(paths: list[str]) -> list[str]:
+    """Uploads local packages or module files to the cluster and returns their `gcs://` URIs:
+    what `ray.init(runtime_env={"py_modules": ...})` does, for a Ray that is already up. An
+    actor's runtime env accepts URIs only (a local path is refused there). Ray keeps such an
+    upload 10 minutes unless a job references it; already uploaded content is not sent again."""
+    import os
+    import tempfile
+
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    env = upload_py_modules_if_needed({"py_modules": list(paths)}, include_gitignore=True,
+                                      scratch_dir=tempfile.gettempdir(),
+                                      logger=logging.getLogger(__name__))
+    return [os.fspath(uri) for uri in env["py_modules"]]
+
 
 def kv_get(key: str) -> bytes | None:
     """Returns the value stored under `key`, None if there is none.
