@@ -5,16 +5,16 @@ BIN    := $(VENV)/bin
 CONFIG ?= pipelines/configs/digits_torch.yaml
 ARGS   ?=
 
-.PHONY: run run-tf serve data-images test test-faults test-fast lint bench bench-serve bench-preprocess bench-ingest bench-tune bench-fsdp chaos mlflow-ui clean venv
+.PHONY: run run-tf serve data-images test test-faults test-fast lint bench bench-serve bench-preprocess bench-ingest bench-tune bench-fsdp chaos cluster-up cluster-down cluster-test mlflow-ui clean venv
 
 venv: $(VENV)/.installed
 
 # constraints.txt pins torch to the CPU build these machines carry (and ray/mlflow to the tested
 # versions); pyproject.toml itself only sets ranges, so users can pick their own torch build.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# deploy/install.sh is also the install line of the image (deploy/docker/Dockerfile).
+$(VENV)/.installed: pyproject.toml constraints.txt deploy/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[torch,tf,dev]"
+	deploy/install.sh $(BIN)/python torch,tf,dev --quiet
 	touch $@
 
 run: venv  ## the main job on the embedded defaults: local Ray, sqlite MLflow, local storage
@@ -63,6 +63,22 @@ bench-fsdp: venv  ## FSDP vs DDP, 2 workers, a 50M-parameter MLP: memory per wor
 
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
+
+# The multi-host rig (deploy/local-cluster/rig.py): five hosts from network and mount namespaces on
+# this machine, as root. cluster-test builds it, runs tests/cluster and removes it, also on failure.
+RIG := $(BIN)/python deploy/local-cluster/rig.py
+
+cluster-up: venv  ## head, worker-1, worker-2, services (PostgreSQL, S3, MLflow server), client: 198.18.0.0/24
+	$(RIG) up
+
+cluster-down:  ## kill every process of the rig's hosts by PID; remove hosts, bridge and files (logs kept)
+	$(RIG) down --keep-logs
+
+cluster-test: venv  ## the rig's tests: across hosts, a host lost, stop/resume, two pipelines, MLflow restart
+	$(RIG) down >/dev/null
+	$(RIG) up
+	status=0; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -s -m cluster tests/cluster $(ARGS) \
+		|| status=$$?; $(RIG) down --keep-logs; exit $$status
 
 mlflow-ui: venv  ## the MLflow UI on the pipeline's store: http://127.0.0.1:5000
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \

@@ -78,6 +78,10 @@ DO_NOT_TRACK = EnvVar(
 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = EnvVar(
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false", "MLflow draws a progress bar per artifact "
     "download; in a pipeline's output they are noise", "MLflow (driver)")
+MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT = EnvVar(
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true", "with a tracking server, MLflow prints two "
+    "\"View run\" lines whenever a run ends, trials' included; raylane prints the parent run once",
+    "MLflow (driver, Tune trials)")
 SERVE_ENABLE_HA_PROXY = EnvVar(
     "RAY_SERVE_ENABLE_HA_PROXY", "1", "`serve.proxy: haproxy` on a local Ray: HAProxy in front of the "
     "replicas (on a cluster, start every node's Ray with it; raylane's replicas then write each "
@@ -116,7 +120,8 @@ SERVE_HAPROXY_RETRIES = EnvVar(
 INPUTS = (RAY_ADDRESS, MLFLOW_TRACKING_URI, RAYLANE_USER, RAY_JOB_SUBMISSION_ID)
 TRAIN = (TRAIN_HEALTH_CHECK_INTERVAL_S, TRAIN_WORKER_GROUP_START_TIMEOUT_S, TUNE_FUNCTION_THREAD_TIMEOUT_S,
          TUNE_NEW_OUTPUT)
-MLFLOW = (MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR)
+MLFLOW = (MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
+          MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 HAPROXY = (SERVE_ENABLE_HA_PROXY, SERVE_THROUGHPUT_OPTIMIZED, SERVE_DRAINING_PERIOD_S,
            SERVE_HAPROXY_RETRY_ON, SERVE_HAPROXY_TUNE_BUFSIZE, SERVE_HAPROXY_RETRIES)
 ALL = INPUTS + TRAIN + MLFLOW + HAPROXY

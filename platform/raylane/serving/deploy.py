@@ -43,8 +43,19 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
     if not (args.follows and _switch_running_app(args, version)):
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
         serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-    host = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::") else serve_cfg.host
-    return f"http://{host}:{serve_cfg.port}"
+    return f"http://{_reachable_host(serve_cfg.host)}:{serve_cfg.port}"
+
+
+def _reachable_host(bound: str) -> str:
+    """The address to call an endpoint bound to `bound` at: this node's (the head's, under a job) when
+    it binds every interface of a cluster's nodes, 127.0.0.1 on a local Ray."""
+    import ray
+
+    if bound not in ("0.0.0.0", "::"):
+        return bound
+    if ray.is_initialized() and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        return ray.util.get_node_ip_address()
+    return "127.0.0.1"
 
 
 def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -> bool:
