@@ -2,6 +2,7 @@
 
     python -m pipelines.train_tune_serve --config pipelines/configs/digits_torch.yaml
     python -m pipelines.train_tune_serve --resume digits-20261125-101500
+    python -m pipelines.train_tune_serve --config ... --run-name digits-nightly --resume-if-exists
     ray job submit --working-dir . -- \
         python -m pipelines.train_tune_serve --config pipelines/configs/digits_torch.yaml
 

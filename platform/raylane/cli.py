@@ -41,6 +41,13 @@ or on a cluster (deploys the endpoint detached and exits; the endpoint outlives 
     ray job submit --working-dir . -- \\
         python -m pipelines.train_tune_serve --config pipelines/configs/digits_torch.yaml
 
+A job that is retried runs the very same command again (a KubeRay RayJob's retries, a cron
+rerun). With --resume-if-exists the command names its run: it continues that run if storage_path
+holds it, exactly as --resume would, and starts it under that name otherwise:
+
+    python -m pipelines.train_tune_serve --config pipelines/configs/digits_torch.yaml \\
+        --run-name digits-nightly --resume-if-exists
+
 The terminal shows one line per stage, the trials as they report, the summary and the endpoint;
 Ray's and the workers' own output goes to the run's log file (its path is printed), or live
 with --verbose.
@@ -90,11 +97,20 @@ def run_command(argv: list[str] | None = None) -> int:
     _add_pipeline_arguments(parser)
     parser.add_argument("--run-name", help="name of this pipeline run: MLflow parent run, Tune "
                         "experiment and checkpoint folder (default: <model>-<timestamp>); an existing "
-                        "name is refused")
+                        "name is refused, unless --resume-if-exists")
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue a stopped or killed run with its own config (found under "
                              "storage_path; --config/--set, if given, must describe the same run)")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="with --run-name NAME: continue run NAME if storage_path holds it (as "
+                             "--resume NAME), else start it; so a retried job's same command is one run")
     args = parser.parse_args(argv)
+    if args.resume_if_exists and args.resume:
+        parser.error("--resume-if-exists and --resume do not go together: --resume NAME continues "
+                     "NAME; --run-name NAME --resume-if-exists continues it or starts it")
+    if args.resume_if_exists and not args.run_name:
+        parser.error("--resume-if-exists needs --run-name NAME: the run to continue, or to start "
+                     "if storage_path has none of that name")
     if args.resume and args.run_name and args.resume != args.run_name:
         parser.error("--resume names the run to continue; leave out --run-name")
 
@@ -103,11 +119,14 @@ def run_command(argv: list[str] | None = None) -> int:
         from raylane.serving import deploy
 
         cfg = config_from_args(args)  # a bad config fails here, before Ray starts
+        overrides = overrides_from_args(args)
+        given = cfg if args.config or overrides else None  # what a resumed run is checked against
         if args.resume:
-            overrides = overrides_from_args(args)
-            given = cfg if args.config or overrides else None
             result = pipeline.resume(args.resume, cfg, given=given, overrides=overrides,
                                      from_file=bool(args.config), quiet=not args.verbose)
+        elif args.resume_if_exists:
+            result = pipeline.resume_if_exists(args.run_name, cfg, given=given, overrides=overrides,
+                                               from_file=bool(args.config), quiet=not args.verbose)
         else:
             result = pipeline.run(cfg, args.run_name, quiet=not args.verbose)
         if result.endpoint is not None:

@@ -6,7 +6,8 @@
 
 Each stage is a function of its own, so a notebook can run one at a time; `run` calls them in
 order. A run has a name and a record in storage (`raylane.runs`): if it stops, `resume` continues
-it where it stopped (prepared data reused, finished trials kept, the same MLflow run).
+it where it stopped (prepared data reused, finished trials kept, the same MLflow run), and
+`resume_if_exists` continues it or starts it, for a job whose retries repeat one command.
 The job entrypoints in `pipelines/` and the `raylane` CLI are thin shells around `run`.
 """
 
@@ -98,6 +99,18 @@ def resume(run_name: str, cfg: PipelineConfig, *, given: PipelineConfig | None =
     record = runs.resume(storage_path, run_name, given, overrides, from_file=from_file)
     progress.say(f"resuming run {record.run_name} (attempt {record.resumes + 1}): storage {storage_path}")
     return run(record.pipeline_config(), resume_from=record, quiet=quiet)
+
+
+def resume_if_exists(run_name: str, cfg: PipelineConfig, *, given: PipelineConfig | None = None,
+                     overrides: list[str] = (), from_file: bool = False,
+                     quiet: bool = False) -> PipelineResult:
+    """Continues the run `run_name` if `cfg.storage_path` holds it (as `resume`), else starts a run
+    of that name on `cfg` (as `run`): the same command run twice is one run, as a retried job needs."""
+    storage_path = local_or_uri(cfg.storage_path)
+    if runs.exists(storage_path, run_name):
+        return resume(run_name, cfg, given=given, overrides=overrides, from_file=from_file, quiet=quiet)
+    progress.say(f"no run {run_name} under {storage_path} yet: starting it")
+    return run(cfg, run_name, quiet=quiet)
 
 
 def prepare_data(cfg: PipelineConfig, storage_path: str, run_name: str) -> data.PreparedData:

@@ -60,6 +60,11 @@ def check_new(storage_path: str, run_name: str) -> None:
                           f"--resume {run_name}, or choose another name (runs are never overwritten)")
 
 
+def exists(storage_path: str, run_name: str) -> bool:
+    """Whether `storage_path` holds the record of a run named `run_name` (one --resume continues)."""
+    return storage.read_text(storage.join(storage_path, run_name, RECORD_FILE)) is not None
+
+
 def start(storage_path: str, run_name: str, cfg: PipelineConfig) -> RunRecord:
     """Returns the record of a new run, saved; ConfigError if the name is taken."""
     check_new(storage_path, run_name)

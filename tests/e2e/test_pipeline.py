@@ -189,7 +189,7 @@ def test_a_worse_model_does_not_take_the_champion_alias(pipeline) -> None:
     worse = tracking.LoggedModel(source, pipeline["parent"].info.run_id, 0.05, 0.05, {"lr": 1.0})
     with mlflow.start_run(run_id=pipeline["parent"].info.run_id):
         promotion = registry.register_if_better(pipeline["cfg"].model, worse)
-    assert not promotion.promoted and promotion.previous_version == champion.version
+    assert not promotion.promoted and promotion.previous_version == str(champion.version)
     assert "does not beat" in promotion.reason
     assert client.get_model_version_by_alias("digits", "champion").version == champion.version
     assert client.get_model_version("digits", promotion.version).tags["raylane.promotion"].startswith("kept")

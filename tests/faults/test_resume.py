@@ -1,10 +1,15 @@
-"""A pipeline killed mid-search and run again with --resume, its checkpoints and Tune state on an
-S3-compatible server (moto, on 127.0.0.1): the prepared data is reused, the finished trial is not
-rerun, the unfinished one continues from its checkpoint, and MLflow keeps one run."""
+"""A pipeline killed mid-search and run again, its checkpoints and Tune state on an S3-compatible
+server (moto, on 127.0.0.1): the prepared data is reused, the finished trial is not rerun, the
+unfinished one continues from its checkpoint, and MLflow keeps one run.
+
+It is run as a retried RayJob runs it: the very same command twice (`--run-name r
+--resume-if-exists`), the first starting the run and the second continuing it. `--resume r` then
+finds the run finished and trains nothing."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +29,7 @@ EPOCHS = 6
 # Two trials one after the other, so a kill can fall after the first finished and during the second.
 RUN = ["tune.num_samples=2", "tune.max_concurrent_trials=1", f"train.epochs={EPOCHS}",
        "train.batch_size=16", "serve.enabled=false"]
+SAME_COMMAND = ("--run-name", "r", "--resume-if-exists")  # a retried RayJob's, each attempt
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def checkpoints(fs: pafs.FileSystem, run: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def killed_then_resumed(s3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    first = pipeline(s3, tmp, "--run-name", "r")
+    first = pipeline(s3, tmp, *SAME_COMMAND)
     deadline = time.monotonic() + 400
     while not (len(found := checkpoints(s3["fs"], "r")) == 2 and min(map(len, found.values())) >= 2):
         assert first.poll() is None and time.monotonic() < deadline, "first attempt ended early"
@@ -70,11 +76,15 @@ def killed_then_resumed(s3, tmp_path_factory):
     before = checkpoints(s3["fs"], "r")
     refused = subprocess.run([*pipeline_argv(s3, tmp), "--run-name", "r"], cwd=ROOT, capture_output=True,
                              text=True, env={**os.environ, **AWS})
-    second = pipeline(s3, tmp, "--resume", "r")
+    second = pipeline(s3, tmp, *SAME_COMMAND)
     second.wait(timeout=600)
-    log = second.log.read_text()
-    return {"rc": second.returncode, "log": log, "refused": refused, "before": before,
-            "after": checkpoints(s3["fs"], "r"), "client": MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")}
+    after = checkpoints(s3["fs"], "r")
+    third = pipeline(s3, tmp, "--resume", "r")
+    third.wait(timeout=300)
+    return {"rc": second.returncode, "log": second.log.read_text(), "first_log": first.log.read_text(),
+            "refused": refused, "before": before, "after": after,
+            "third": (third.returncode, third.log.read_text()), "after_third": checkpoints(s3["fs"], "r"),
+            "client": MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")}
 
 
 def pipeline_argv(s3, tmp: Path) -> list[str]:
@@ -91,10 +101,22 @@ def test_existing_run_name_is_refused_not_overwritten(killed_then_resumed) -> No
 
 def test_resumed_run_finishes_with_prepared_data_reused(killed_then_resumed) -> None:
     run = killed_then_resumed
+    assert "no run r under" in run["first_log"] and "starting it" in run["first_log"]
     assert run["rc"] == 0, run["log"][-3000:]
     assert "reused the prepared splits" in run["log"]
     assert "resuming run r (attempt 2)" in run["log"]
     assert run["client"].get_model_version_by_alias("digits", "champion").tags["test_accuracy"]
+
+
+def test_the_same_command_again_continues_the_same_mlflow_run(killed_then_resumed) -> None:
+    run = killed_then_resumed
+    ids = [re.findall(r"MLflow run (\w+) \(experiment", log)
+           for log in (run["first_log"], run["log"], run["third"][1])]
+    assert len(ids[0]) == 1 and ids[1] == ids[0] and ids[2] == ids[0], ids
+    rc, log = run["third"]
+    assert rc == 0 and "resuming run r (attempt 3)" in log, log[-3000:]
+    assert "training already finished in an earlier attempt" in log
+    assert run["after_third"] == run["after"]  # --resume of a finished run trains nothing
 
 
 def test_finished_trial_is_not_rerun_and_unfinished_one_continues(killed_then_resumed) -> None:
@@ -103,7 +125,7 @@ def test_finished_trial_is_not_rerun_and_unfinished_one_continues(killed_then_re
     assert run["after"][finished] == run["before"][finished]  # no new checkpoint: not trained again
     client = run["client"]
     (parent,) = client.search_runs(["1"], "tags.`raylane.run_name` = 'r'")
-    assert parent.data.tags["raylane.resumes"] == "1" and parent.info.status == "FINISHED"
+    assert parent.data.tags["raylane.resumes"] == "2" and parent.info.status == "FINISHED"  # 2nd and 3rd
     trials = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(trials) == 2
     for trial in trials:

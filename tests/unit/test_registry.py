@@ -4,10 +4,12 @@ its size bound, and refusing to undo a move raylane did not make."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from mlflow import MlflowClient
-from raylane import registry
+from raylane import alias_lock, registry
 from raylane.errors import RaylaneError
 
 
@@ -94,3 +96,52 @@ def test_promote_by_hand_refuses_a_tie_unless_forced(client) -> None:
     with pytest.raises(RaylaneError, match="a tie keeps v2"):
         registry.promote(client, "m", version.version)
     assert registry.promote(client, "m", version.version, force=True).version == str(version.version)
+
+
+def test_a_move_waits_for_the_mover_holding_the_alias(client) -> None:
+    registry.promote(client, "m", "1")
+    done = threading.Event()
+    with alias_lock.alias_lock(client, "m", "champion"):
+        mover = threading.Thread(target=lambda: (registry.promote(client, "m", "2"), done.set()))
+        mover.start()
+        assert not done.wait(1.5) and champion(client) == "1"
+    assert done.wait(30) and champion(client) == "2"
+    mover.join()
+    assert not [k for k in client.get_registered_model("m").tags if ".ticket." in k]
+
+
+def test_a_dead_movers_ticket_is_skipped_once_its_lease_is_over(client, monkeypatch) -> None:
+    monkeypatch.setattr(alias_lock, "LEASE_S", 1.0)
+    dead = alias_lock.ticket_prefix("champion") + "deadbeef0000"
+    client.set_registered_model_tag("m", dead, json.dumps({"number": 1, "beat": 0, "owner": "gone:1"}))
+    started = time.monotonic()
+    registry.promote(client, "m", "1")
+    assert champion(client) == "1" and 1.0 <= time.monotonic() - started < 20
+    assert dead not in client.get_registered_model("m").tags
+
+
+class MovedOutside:
+    """A client on which something outside raylane sets the alias right after raylane's first
+    alias write, and rewrites the history without raylane's entry (an older raylane, say)."""
+
+    def __init__(self, client, version: str) -> None:
+        self.client, self.version, self.struck = client, version, False
+
+    def set_registered_model_alias(self, name, alias, version) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+        if not self.struck:
+            self.struck = True
+            self.client.set_registered_model_alias(name, alias, self.version)
+            self.client.set_registered_model_tag(name, registry.history_tag(alias), "[]")
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_move_overwritten_outside_the_lock_is_judged_again_and_its_record_kept(client) -> None:
+    registry.promote(client, "m", "3")  # 0.80
+    move = registry.promote(MovedOutside(client, "1"), "m", "2")  # 0.95; meanwhile v1 (0.90) is set
+    assert champion(client) == "2" and move.previous == "1"
+    history = registry.read_history(client, "m", "champion")
+    assert [(h["previous"], h["version"]) for h in history] == [("3", "2"), ("1", "2")]
+    assert len({h["id"] for h in history}) == 2

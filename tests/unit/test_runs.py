@@ -1,17 +1,25 @@
-"""Run records in storage: a name is never reused by a new run, and --resume checks the config."""
+"""Run records in storage: a name is never reused by a new run, --resume checks the config, and
+--resume-if-exists continues a recorded run or starts a new one."""
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import pytest
-from raylane import runs
+from raylane import cli, runs
 from raylane.config import load_config
 from raylane.errors import ConfigError
+
+from tests.conftest import free_port
 
 
 def test_a_taken_run_name_is_refused_and_resume_counts_attempts(tmp_path) -> None:
     cfg = load_config(None, ["train.epochs=3"])
     storage = str(tmp_path)
+    assert not runs.exists(storage, "r1")
     runs.start(storage, "r1", cfg)
+    assert runs.exists(storage, "r1")
     with pytest.raises(ConfigError, match="--run-name 'r1' already exists.*--resume r1"):
         runs.start(storage, "r1", cfg)
     record = runs.resume(storage, "r1", None)
@@ -54,3 +62,29 @@ def test_a_run_recorded_before_model_builders_resumes_with_the_same_config_file(
     path.write_text(json.dumps(record))
     resumed = runs.resume(storage, "old", load_config(recipe), from_file=True)
     assert resumed.pipeline_config().model.params == {"num_layers": 1}  # the rest: the MLP defaults
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--resume-if-exists"], "--resume-if-exists needs --run-name NAME"),
+    (["--resume-if-exists", "--resume", "r1"], "--resume-if-exists and --resume do not go together"),
+    (["--resume-if-exists", "--run-name", "r1", "--resume", "r1"], "do not go together"),
+])
+def test_resume_if_exists_needs_a_run_name_and_not_resume(argv, words, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.run_command(argv)
+    assert exited.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_resume_if_exists_continues_a_recorded_run_and_starts_a_new_one(tmp_path, capsys) -> None:
+    """Both ways stop before Ray starts: the recorded run on a changed config (so it was taken as
+    --resume), the new one on an MLflow server that is not there (so it was started)."""
+    storage = ["--set", f"storage_path={tmp_path}"]
+    runs.start(str(tmp_path), "r1", load_config(None, ["train.epochs=3", f"storage_path={tmp_path}"]))
+    code = cli.run_command(["--run-name", "r1", "--resume-if-exists", *storage, "--set", "train.epochs=5"])
+    assert code == 2 and "--resume 'r1': the config differs" in capsys.readouterr().err
+    # --verbose: the tools' logging stays as it is in this process; the run's settings are undone.
+    with mock.patch.dict(os.environ):
+        code = cli.run_command(["--run-name", "r2", "--resume-if-exists", *storage, "--verbose",
+                                "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    said = capsys.readouterr()
+    assert code == 1 and "no run r2 under" in said.out and "no MLflow server answers" in said.err
