@@ -70,6 +70,10 @@ class Host:
     def mntns(self) -> Path:
         return RIG_DIR / "ns" / self.name
 
+    @property
+    def utsns(self) -> Path:
+        return RIG_DIR / "ns" / f"{self.name}.uts"
+
 
 SERVICES = Host("services", f"{SUBNET}.10")
 HEAD = Host("head", f"{SUBNET}.11")
@@ -138,7 +142,8 @@ def host_env(host: Host, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def host_argv(host: Host, argv: Sequence[str], cwd: str = "/tmp/home") -> list[str]:
     """`argv` as run inside the host: its network and mount namespaces, its working directory."""
-    return ["nsenter", f"--net=/run/netns/{host.netns}", f"--mount={host.mntns}", f"--wdns={cwd}",
+    uts = [f"--uts={host.utsns}"] if host.utsns.exists() else []
+    return ["nsenter", f"--net=/run/netns/{host.netns}", f"--mount={host.mntns}", *uts, f"--wdns={cwd}",
             "--", *argv]
 
 
@@ -230,7 +235,10 @@ def build_network() -> None:
 
 
 def build_mounts() -> None:
-    """A persistent mount namespace per host, with private /tmp and /dev/shm."""
+    """A persistent mount namespace per host, with private /tmp and /dev/shm, and a UTS namespace
+    with the host's name, which its /etc/hosts resolves to its address (as on a real host: PyTorch's
+    gloo binds to the address the hostname resolves to)."""
+    hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.name}\n" for h in HOSTS.values())
     ns_dir = RIG_DIR / "ns"
     ns_dir.mkdir(parents=True, exist_ok=True)
     # A namespace is kept alive by bind-mounting it on a file, which needs a private parent mount.
@@ -241,10 +249,14 @@ def build_mounts() -> None:
         for sub in ("tmp/home/.ray", "shm"):
             (host.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(host.root / "tmp", 0o1777)
+        (host.root / "hosts").write_text(hosts_file)
         host.mntns.touch()
         setup = (f"mount --make-rprivate / && mount --bind {host.root / 'tmp'} /tmp && "
-                 f"mount -t tmpfs -o size={SHM_SIZE} rig-shm /dev/shm")
+                 f"mount -t tmpfs -o size={SHM_SIZE} rig-shm /dev/shm && "
+                 f"mount --bind {host.root / 'hosts'} /etc/hosts")
         sh("unshare", f"--mount={host.mntns}", "--propagation", "private", "sh", "-c", setup)
+        host.utsns.touch()
+        sh("unshare", f"--uts={host.utsns}", "hostname", host.name)
 
 
 def write_tokens() -> None:
@@ -404,8 +416,9 @@ def down(keep_logs: bool = False) -> None:
     time.sleep(0.5)
     for host in HOSTS.values():
         kill_host_processes(host)  # anything forked while the first pass ran
-        if host.mntns.exists():
-            sh("umount", str(host.mntns), check=False, quiet=True)
+        for ns in (host.mntns, host.utsns):
+            if ns.exists():
+                sh("umount", str(ns), check=False, quiet=True)
         sh("ip", "link", "del", host.veth, check=False, quiet=True)
         sh("ip", "netns", "del", host.netns, check=False, quiet=True)
     sh("ip", "link", "del", BRIDGE, check=False, quiet=True)

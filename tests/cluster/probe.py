@@ -75,7 +75,7 @@ def actors(class_prefix: str) -> list[dict]:
     ips = {node.node_id: node.node_ip for node in list_nodes(address=address, limit=1000, detail=True)}
     found = list_actors(address=address, limit=10000, detail=True, raise_on_missing_output=False)
     return [{"class": a.class_name, "state": a.state, "ip": ips.get(a.node_id), "pid": a.pid,
-             "job_id": a.job_id, "actor_id": a.actor_id}
+             "job_id": a.job_id, "actor_id": a.actor_id, "placement_group": a.placement_group_id}
             for a in found if (a.class_name or "").startswith(class_prefix)]
 
 
