@@ -64,6 +64,10 @@ bench-fsdp: venv  ## FSDP vs DDP, 2 workers, a 50M-parameter MLP: memory per wor
 bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
+.PHONY: bench-scale
+bench-scale: venv  ## as root: MLflow calls per trial and the trials it takes, S3 checkpoint MB/s, object store per 1M rows (ARGS=--quick)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.scale $(ARGS)
+
 # The multi-host rig (deploy/local-cluster/rig.py): five hosts from network and mount namespaces on
 # this machine, as root. cluster-test builds it, runs tests/cluster and removes it, also on failure.
 RIG := $(BIN)/python deploy/local-cluster/rig.py
