@@ -41,7 +41,7 @@ test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit $(ARGS)
 
 lint: venv
-	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks examples
+	$(BIN)/ruff check platform pipelines serve_apps tests benchmarks examples deploy
 
 bench: venv  ## side-by-side measurements; each prints ratio=...
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.train_tf $(ARGS)

@@ -53,7 +53,8 @@ def replicas(root: psutil.Process) -> list[psutil.Process]:
     found = []
     for proc in root.children(recursive=True):
         try:
-            if proc.cmdline() and proc.cmdline()[0].startswith("ray::ServeReplica:"):
+            command = proc.cmdline()  # read once: a process that exits in between has none
+            if command and command[0].startswith("ray::ServeReplica:"):
                 found.append(proc)
         except psutil.Error:
             continue
