@@ -623,6 +623,7 @@ def mlflow_load(services: Services, args: argparse.Namespace, shape: TrialShape,
     """The latency sweep over N and the capacity with no think time, against `workers` workers."""
     counts = [n for n in (2 ** i for i in range(12)) if n <= args.max_trials]
     levels = []
+    warm_up(services, workers, shape)
     say(f"mlflow-load, --workers {workers}: N = {counts}, {args.level_s:.0f} s each, {shape.epochs} "
         f"epochs per trial, think {shape.think_s:.2f} s after each epoch's call")
     print("  trials |  req/s | p50 ms | p99 ms | requests | errors | p50/N=1", flush=True)
@@ -651,6 +652,39 @@ def mlflow_load(services: Services, args: argparse.Namespace, shape: TrialShape,
         result[f"trials_before_{name}_doubles"], result[f"{name}_doubles_at"] = under, over
         result[f"rps_at_{name}_doubling"] = next((lv["rps"] for lv in levels if lv["trials"] == over), None)
     return result
+
+
+def warm_up(services: Services, workers: int, shape: TrialShape) -> None:
+    """Lets a fresh server finish starting (its uvicorn workers and MLflow's job consumers keep
+    importing after /health first answers), then sends every worker some calls, unmeasured."""
+    settled = wait_until_idle(services.pids["mlflow"])
+    load_level(services.tracking_uri, 2 * workers, TrialShape(shape.epochs, shape.metric_keys,
+                                                              shape.param_keys, 0.0), 3.0)
+    settled = wait_until_idle(services.pids["mlflow"]) and settled
+    say("  the server was warmed up" + ("" if settled else "; it was still busy after 60 s: measured anyway"))
+
+
+def wait_until_idle(pid: int, limit_s: float = 60.0) -> bool:
+    """Waits until the process tree of `pid` uses under a quarter of a CPU; False if it did not
+    within `limit_s`."""
+    import psutil
+
+    def cpu_seconds(procs: list) -> float:
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += sum(proc.cpu_times()[:2])
+        return total
+
+    started = time.monotonic()
+    root = psutil.Process(pid)
+    while time.monotonic() - started < limit_s:
+        procs = [root, *root.children(recursive=True)]
+        before = cpu_seconds(procs)
+        time.sleep(1.0)
+        if cpu_seconds(procs) - before < 0.25:
+            return True
+    return False
 
 
 def print_load(load: dict[str, Any], rate: dict[str, Any] | None) -> None:

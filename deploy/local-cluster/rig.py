@@ -298,7 +298,7 @@ def start_services() -> dict[str, int]:
     save_state(pg_password=password)
 
     moto = spawn(SERVICES, ["moto_server", "-H", SERVICES.ip, "-p", str(S3_PORT)], "s3")
-    wait_for("the S3 server", lambda: http_ok("services", S3_ENDPOINT), 60)
+    wait_for("the S3 server", lambda: http_ok("services", S3_ENDPOINT), 180)
     run(SERVICES, ["python", "-c", "import boto3\n"
                    f"s3 = boto3.client('s3', endpoint_url={S3_ENDPOINT!r})\n"
                    f"[s3.create_bucket(Bucket=b) for b in ({RUNS_BUCKET!r}, {MLFLOW_BUCKET!r})]"])
@@ -330,7 +330,7 @@ def start_mlflow(wait: bool = True) -> int:
 def stop_mlflow() -> None:
     """Kills the MLflow server and its workers (the processes of its session), by PID."""
     pid = state().get("mlflow_pid")
-    if pid:
+    if pid and pid in pids(SERVICES):  # never a reused PID outside the rig
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
 
@@ -379,10 +379,18 @@ def wait_for_nodes(expected: set[str], timeout: float = 180) -> float:
     return time.monotonic() - start
 
 
-def up() -> None:
+def check_can_build() -> None:
+    """Exits, naming why, if a rig is up already or the installed software would be hidden."""
     bridge = sh("ip", "link", "show", BRIDGE, check=False, quiet=True)
     if (RIG_DIR / "state.json").exists() or bridge.returncode == 0:
         sys.exit(f"a rig is already up (or was not cleaned up): run `{Path(__file__).name} down` first")
+    for path in (REPO, VENV_BIN):
+        if path.is_relative_to("/tmp") or path.is_relative_to("/dev/shm"):
+            sys.exit(f"{path} is under /tmp or /dev/shm, which every host of the rig replaces with its own: "
+                     "check out and install elsewhere")
+
+
+def up() -> None:
     started = time.monotonic()
     RIG_DIR.mkdir(parents=True, exist_ok=True)
     (RIG_DIR / "logs").mkdir(exist_ok=True)
@@ -445,6 +453,8 @@ def cleanup_on_interrupt() -> Iterator[None]:
     try:
         yield
     except BaseException:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not stop the cleanup
+            signal.signal(sig, signal.SIG_IGN)
         log("interrupted or failed: removing what was built")
         down(keep_logs=True)
         raise
@@ -468,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("the rig builds network and mount namespaces: run it as root")
     if args.command == "up":
+        check_can_build()
         with cleanup_on_interrupt():
             up()
     elif args.command == "down":
