@@ -251,7 +251,11 @@ def build_mounts() -> None:
         os.chmod(host.root / "tmp", 0o1777)
         (host.root / "hosts").write_text(hosts_file)
         host.mntns.touch()
-        setup = (f"mount --make-rprivate / && mount --bind {host.root / 'tmp'} /tmp && "
+        # A checkout or virtualenv under /tmp stays visible, at its path, in the host's own /tmp.
+        keep = "".join(f"mkdir -p {host.root / 'tmp' / path.relative_to('/tmp')} && "
+                       f"mount --bind {path} {host.root / 'tmp' / path.relative_to('/tmp')} && "
+                       for path in shared_under_tmp())
+        setup = (f"mount --make-rprivate / && {keep}mount --rbind {host.root / 'tmp'} /tmp && "
                  f"mount -t tmpfs -o size={SHM_SIZE} rig-shm /dev/shm && "
                  f"mount --bind {host.root / 'hosts'} /etc/hosts")
         sh("unshare", f"--mount={host.mntns}", "--propagation", "private", "sh", "-c", setup)
@@ -385,9 +389,15 @@ def check_can_build() -> None:
     if (RIG_DIR / "state.json").exists() or bridge.returncode == 0:
         sys.exit(f"a rig is already up (or was not cleaned up): run `{Path(__file__).name} down` first")
     for path in (REPO, VENV_BIN):
-        if path.is_relative_to("/tmp") or path.is_relative_to("/dev/shm"):
-            sys.exit(f"{path} is under /tmp or /dev/shm, which every host of the rig replaces with its own: "
+        if path.is_relative_to("/dev/shm"):
+            sys.exit(f"{path} is under /dev/shm, which every host of the rig replaces with its own: "
                      "check out and install elsewhere")
+
+
+def shared_under_tmp() -> list[Path]:
+    """The checkout and the virtualenv, where they are under /tmp (each host has its own /tmp)."""
+    paths = {p for p in (REPO, VENV_BIN.parent) if p.is_relative_to("/tmp")}
+    return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
 
 
 def up() -> None:
