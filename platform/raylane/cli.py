@@ -60,6 +60,13 @@ SERVE_HELP = """Deploy the current champion from the MLflow registry on Ray Serv
 
 On a local Ray it serves until Ctrl-C; on a cluster (RAY_ADDRESS set, as under `ray job submit`)
 it deploys the application detached and exits.
+
+One endpoint serves several models, each with its own replicas, alias and canary. On a cluster,
+each `raylane serve` adds its config's model (model.name) or updates it; the others keep serving:
+
+    RAY_ADDRESS=... raylane serve --set model.name=digits
+    RAY_ADDRESS=... raylane serve --set model.name=wine --set serve.num_replicas=2
+    RAY_ADDRESS=... raylane serve --remove wine
 """
 
 PROMOTE_HELP = """Move a registry alias (default: champion), through the same gate as the pipeline.
@@ -143,12 +150,18 @@ def serve_command(argv: list[str] | None = None) -> int:
     """`raylane serve` / `python -m pipelines.serve`."""
     parser = _parser("serve", SERVE_HELP)
     _add_pipeline_arguments(parser)
+    parser.add_argument("--remove", metavar="NAME",
+                        help="take model NAME off the endpoint of the cluster (RAY_ADDRESS); the other "
+                             "models keep serving")
     args = parser.parse_args(argv)
 
     def serve() -> int:
         from raylane import pipeline
         from raylane.serving import deploy
 
+        if args.remove:
+            pipeline.remove_model(config_from_args(args), args.remove, quiet=not args.verbose)
+            return 0
         _, on_cluster = pipeline.serve_champion(config_from_args(args), quiet=not args.verbose)
         deploy.keep_serving(on_cluster=on_cluster, block=not args.no_block)
         return 0

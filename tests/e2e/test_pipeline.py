@@ -102,7 +102,7 @@ def test_endpoint_probabilities_and_named_columns(pipeline) -> None:
     rows, _ = raw_test_rows(pipeline["data"])
     url = f"{pipeline['url']}/v1/models/digits:predict"
     body = httpx.post(url, json={"instances": rows[:2], "return_probabilities": True}).json()
-    assert np.asarray(body["predictions"]).shape == (2, 10)
+    assert np.asarray(body["probabilities"]).shape == (2, 10) and len(body["predictions"]) == 2
     named = [dict(zip(pipeline["data"].feature_columns, row, strict=True)) for row in rows[:2]]
     by_name = httpx.post(url, json={"instances": named}).json()["predictions"]
     assert by_name == httpx.post(url, json={"instances": rows[:2]}).json()["predictions"]

@@ -87,7 +87,7 @@ def test_served_tf_model_returns_what_pyfunc_returns(pipeline) -> None:
     assert response.json()["predictions"] == expected.tolist()
     assert np.mean(expected == pipeline["labels"]) > 0.8
     served = httpx.post(url, json={"instances": pipeline["rows"][:4].tolist(),
-                                   "return_probabilities": True}).json()["predictions"]
+                                   "return_probabilities": True}).json()["probabilities"]
     local = model.predict(frame.head(4), params={"return_probabilities": True})
     assert np.allclose(served, local, atol=1e-6)
 

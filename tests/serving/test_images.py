@@ -154,8 +154,10 @@ def test_v1_b64_instances_answer_what_the_model_answers(endpoint) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["predictions"] == endpoint["expected"]
         assert response.headers["x-model-version"] == endpoint["version"]
-    probabilities = endpoint["client"].post(f"/v1/models/{NAME}:predict", json={
-        "instances": [{"b64": texts[0]}], "return_probabilities": True}).json()["predictions"]
+    both = endpoint["client"].post(f"/v1/models/{NAME}:predict", json={
+        "instances": [{"b64": texts[0]}], "return_probabilities": True}).json()
+    probabilities = both["probabilities"]
+    assert both["predictions"] == endpoint["expected"][:1]
     assert len(probabilities[0]) == 10 and int(np.argmax(probabilities[0])) == endpoint["expected"][0]
 
 

@@ -37,6 +37,11 @@ def accuracy(predictions, labels) -> float:
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
+def row_with(value: str) -> str:
+    """A JSON row of 64 zeros with `value` written as it is at column 3 (pixel_0_3)."""
+    return "[" + ",".join(value if i == 3 else "0" for i in range(64)) + "]"
+
+
 # --- KServe V1 -------------------------------------------------------------------------------------
 def test_v1_predict_is_accurate_and_names_the_version(endpoint) -> None:
     rows, labels = endpoint["rows"], endpoint["labels"]
@@ -69,6 +74,39 @@ def test_missing_values_are_imputed_as_in_training(endpoint) -> None:
     mlflow = endpoint["client"].post("/invocations", json={"instances": [holes]})
     assert mlflow.status_code == 200, mlflow.text
     assert mlflow.json()["predictions"] == v1.json()["predictions"]
+
+
+def test_v1_return_probabilities_adds_them_beside_the_labels(endpoint) -> None:
+    client, rows = endpoint["client"], endpoint["rows"][:5].tolist()
+    plain = client.post("/v1/models/digits:predict", json={"instances": rows})
+    assert plain.status_code == 200 and set(plain.json()) == {"predictions"}
+    both = client.post("/v1/models/digits:predict", json={"instances": rows, "return_probabilities": True})
+    assert both.status_code == 200, both.text
+    assert both.json()["predictions"] == plain.json()["predictions"]
+    probabilities = np.asarray(both.json()["probabilities"])
+    classes = client.get("/v2/models/digits").json()["parameters"]["classes"]
+    assert probabilities.shape == (5, len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert [classes[i] for i in probabilities.argmax(axis=1)] == plain.json()["predictions"]
+
+
+def test_v1_invalid_value_is_one_line_naming_row_and_column(endpoint) -> None:
+    client, columns = endpoint["client"], endpoint["prepared"].feature_columns
+    named = "{" + ",".join(f'"{c}": {"Infinity" if c == "pixel_0_3" else 0}' for c in columns) + "}"
+    cases = [  # NaN and Infinity: 400, as on every protocol; a row of the wrong type: 422
+        ('{"instances": [' + row_with("0") + "," + row_with("NaN") + "]}",
+         "instances[1][3]: expected a finite number, got NaN", ["body", "instances", 1, 3], 400),
+        ('{"instances": [' + named + "]}", "instances[0].pixel_0_3: expected a finite number, got Infinity",
+         ["body", "instances", 0, "pixel_0_3"], 400),
+        ('{"instances": [5]}', "instances[0]: expected a list or an object, got 5", ["body", "instances", 0],
+         422),
+    ]
+    for body, error, loc, status in cases:
+        response = client.post("/v1/models/digits:predict", content=body,
+                               headers={"content-type": "application/json"})
+        assert response.status_code == status, response.text
+        assert response.json()["error"] == error
+        assert [d["loc"] for d in response.json()["detail"]] == [loc]
 
 
 # --- Open Inference Protocol ----------------------------------------------------------------------
@@ -110,7 +148,7 @@ def test_v2_versioned_infer_and_metadata(endpoint) -> None:
     assert meta["inputs"][0]["shape"] == [-1, 64] and meta["inputs"][0]["datatype"] == "FP64"
     assert version in meta["versions"]
     assert client.get(f"/v2/models/digits/versions/{version}/ready").status_code == 200
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
 @pytest.mark.parametrize(("inputs", "fragment"), [
@@ -136,7 +174,17 @@ def test_v2_nan_malformed_json_and_unknown_model(endpoint) -> None:
         "content-type": "application/json"})
     assert broken.status_code == 400 and "JSON" in broken.json()["error"]
     unknown = client.post("/v2/models/other/infer", json={"inputs": []})
-    assert unknown.status_code == 404 and "'digits'" in unknown.json()["error"]
+    assert unknown.status_code == 404 and "served: digits" in unknown.json()["error"], unknown.text
+
+
+def test_v2_nan_beside_a_null_is_400_naming_row_and_column(endpoint) -> None:
+    """A null is a missing value; a NaN in the same data is still refused, not imputed."""
+    data = "[" + ",".join(["null"] + ["0"] * 63 + ["0"] * 5 + ["NaN"] + ["0"] * 58) + "]"
+    body = '{"inputs":[{"name":"x","shape":[2,64],"datatype":"FP64","data":' + data + "}]}"
+    nan = endpoint["client"].post("/v2/models/digits/infer", content=body,
+                                  headers={"content-type": "application/json"})
+    assert nan.status_code == 400
+    assert nan.json()["error"] == "inputs[0] ('x'), row 1, column 5: expected a finite number, got NaN"
 
 
 def test_tritonclient_binary_and_json_tensors(endpoint) -> None:
@@ -208,6 +256,26 @@ def test_invocations_bad_bodies_are_400_in_mlflow_shape(endpoint, body) -> None:
                                        headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text[:500]
     assert response.json()["error_code"] and response.json()["message"] == response.json()["error"]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ('{"inputs": [' + row_with("NaN") + "]}", "inputs[0][3] (pixel_0_3): expected a finite number, got NaN"),
+    ('{"instances": [' + row_with("0") + "," + row_with("Infinity") + "]}",
+     "instances[1][3] (pixel_0_3): expected a finite number, got Infinity"),
+    ('{"dataframe_split": {"columns": COLUMNS, "data": [' + row_with("-Infinity") + "]}}",
+     "dataframe_split.data[0][3] (pixel_0_3): expected a finite number, got -Infinity"),
+    ('{"dataframe_records": [{"pixel_0_3": NaN}]}',
+     "dataframe_records[0].pixel_0_3: expected a finite number, got NaN"),
+    ('{"inputs": {"pixel_0_3": [0, NaN]}}', "inputs.pixel_0_3[1]: expected a finite number, got NaN"),
+])
+def test_invocations_refuses_nan_and_infinity_naming_row_and_column(endpoint, body, error) -> None:
+    """MLflow's parser would read NaN as a missing value; here, as on V1 and V2, only null is one."""
+    columns = endpoint["prepared"].feature_columns
+    assert columns[3] == "pixel_0_3"
+    response = endpoint["client"].post("/invocations", content=body.replace("COLUMNS", json.dumps(columns)),
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == error and response.json()["error_code"] == "BAD_REQUEST"
 
 
 def test_invocations_empty_frame_and_unknown_params_like_mlflow(endpoint) -> None:

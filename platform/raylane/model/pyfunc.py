@@ -108,11 +108,16 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
     network, spec, _ = load_torch_model(directory)
+    # On a GPU where the process was given one (a Serve replica with `serve.replica_gpus`, a
+    # batch-scoring actor); else on the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = network.to(device)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            outputs = network(torch.from_numpy(np.ascontiguousarray(spec.inputs.batch(scaled, "torch"))))
-            return (outputs if raw else torch.softmax(outputs, dim=1)).numpy()
+            batch = torch.from_numpy(np.ascontiguousarray(spec.inputs.batch(scaled, "torch"))).to(device)
+            outputs = network(batch)
+            return (outputs if raw else torch.softmax(outputs, dim=1)).cpu().numpy()
 
     return probabilities
 

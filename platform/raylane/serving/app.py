@@ -33,7 +33,7 @@ from raylane import env, serving
 from raylane._compat.starlette import route_path
 from raylane._compat.uvicorn import install_one_write_responses
 from raylane.errors import ModelNotFoundError
-from raylane.serving import openapi
+from raylane.serving import openapi, routes
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
 from raylane.serving.errors import (
     InvalidInput,
@@ -41,6 +41,7 @@ from raylane.serving.errors import (
     UnprocessableEntity,
     UnsupportedMediaType,
     describe_validation,
+    validation_problems,
 )
 from raylane.serving.metrics import ServingMetrics, protocol_of
 from raylane.serving.model import LoadedModel, ServeArgs
@@ -122,6 +123,15 @@ class ServingMiddleware:
         if scope["type"] != "http" or server is None:
             await self.app(scope, receive, send)
             return
+        # Mounted at /v2/models/<name> (raylane.serving.routes), the app still routes by whole paths:
+        # V1 and MLflow requests reach it too, from the ingress or the gateway.
+        mount = routes.route_prefix(server.args.model_name)
+        if scope.get("root_path", "").endswith(mount):
+            scope["root_path"] = scope["root_path"][:-len(mount)]
+        moved = scope["root_path"] + mount + routes.PASSED_ON
+        if scope["path"].startswith(moved + "/"):  # moved by raylane-haproxy: back to the original
+            scope["path"] = scope["path"][len(moved):]
+            scope["raw_path"] = scope["path"].encode()
         path, start = route_path(scope), time.perf_counter()  # without a route prefix
         answering = serving.ANSWERING.set(None)
         headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
@@ -192,8 +202,11 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return _json_error(400, f"malformed JSON: {errors[0].get('ctx', {}).get('error', 'cannot parse')}")
-    detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in errors]
-    return _json_error(422, describe_validation(errors), extra={"detail": detail})
+    # FastAPI's `detail` for its clients, one entry per problem rather than per union alternative.
+    detail = validation_problems(errors, exc.body)
+    # NaN and Infinity are bad values, 400 as on every protocol; a body of the wrong shape is 422.
+    status = 400 if all(problem["type"] == "finite_number" for problem in detail) else 422
+    return _json_error(status, describe_validation(errors, exc.body), extra={"detail": detail})
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -223,7 +236,8 @@ def _v1_request(body: bytes, content_type: str | None, request_type: type[BaseMo
     try:
         return request_type.model_validate(value, from_attributes=True)
     except ValidationError as err:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()],
+                                     body=value) from None
 
 
 def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = None) -> Response:
@@ -289,7 +303,8 @@ class ModelServer:
     @app.post("/v1/models/{name}:predict", response_model=V1PredictResponse, tags=["KServe V1"],
               openapi_extra=openapi.V1_PREDICT_EXTRA)
     async def predict(self, name: str, http: Request) -> Response:
-        """Class labels (or probabilities) for rows of raw feature values."""
+        """Class labels (and with `return_probabilities`, class probabilities) for rows of raw
+        feature values."""
         body, content_type = await http.body(), http.headers.get("content-type")
         image = raw_image(content_type, body) if self.slot.champion.is_image else None
         if image is None:  # validated before the model is looked up, as FastAPI validates a body
@@ -306,9 +321,9 @@ class ModelServer:
         if request.return_probabilities and model.regression:
             raise InvalidInput("return_probabilities: this is a regression model; it predicts values")
         probabilities = await self._probabilities(model, rows, "instances")
-        predictions = probabilities.tolist() if request.return_probabilities else \
-            model.labels(probabilities).tolist()
-        return _answer(V1PredictResponse(predictions=predictions).model_dump_json().encode(), model)
+        asked = probabilities.tolist() if request.return_probabilities else None
+        response = V1PredictResponse(predictions=model.labels(probabilities).tolist(), probabilities=asked)
+        return _answer(response.model_dump_json(exclude_none=True).encode(), model)
 
     @app.get("/v1/models/{name}", tags=["KServe V1"])
     def v1_model_status(self, name: str) -> dict[str, Any]:
@@ -403,7 +418,33 @@ class ModelServer:
                 "v1": f"/v1/models/{name}:predict", "v2": f"/v2/models/{name}/infer",
                 "mlflow": "/invocations", "metadata": f"/v2/models/{name}"}
 
-    # --- deploy-time introspection (called through a DeploymentHandle, not HTTP) ---------------------
+    # --- called through a DeploymentHandle, not HTTP --------------------------------------------------
+    async def forward(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answers one HTTP request passed on by the gateway (raylane.serving.gateway), through the
+        same ASGI app, middleware included; returns (status, headers, body)."""
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+                 "root_path": "", "headers": headers, "client": None, "server": None, "state": {}}
+        sent = False
+        answer: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+
+        async def receive() -> Message:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # no disconnect: the gateway waits for the answer
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"], answer["headers"] = message["status"], message.get("headers", [])
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        return answer["status"], list(answer["headers"]), b"".join(answer["body"])
+
     def describe(self) -> dict[str, Any]:
         """The arguments this replica runs with and the versions it holds."""
         return {"args": self.args.model_dump(mode="json"), "versions": self.slot.loaded()}
@@ -442,7 +483,8 @@ class ModelServer:
 
 
 def build_app(args: ServeArgs | dict[str, Any]) -> Any:
-    """Returns the Serve application for `args`; `serve run` and `serve deploy` call this."""
+    """Returns the Serve application of one model for `args`; `serve run` and `serve deploy` call
+    this. Mount it at `routes.route_prefix(name)` beside the gateway, or alone at `/`."""
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
     scaling: dict[str, Any] = (
         {"autoscaling_config": args.autoscaling.model_dump()} if args.autoscaling
@@ -450,7 +492,7 @@ def build_app(args: ServeArgs | dict[str, Any]) -> Any:
     return ModelServer.options(
         name=f"{args.model_name}-model",
         max_ongoing_requests=args.max_ongoing_requests,
-        ray_actor_options={"num_cpus": args.replica_cpus},
+        ray_actor_options={"num_cpus": args.replica_cpus, "num_gpus": args.replica_gpus},
         logging_config={"enable_access_log": args.access_log},
         **scaling,
     ).bind(args)

@@ -8,13 +8,11 @@ import threading
 import time
 
 from raylane.config import ModelConfig, ServeConfig, ServingOptions
-from raylane.errors import RaylaneError
+from raylane.errors import ConfigError, RaylaneError
 from raylane.registry import champion_version
+from raylane.serving import routes
 from raylane.serving.model import ServeArgs
 
-# The one Serve application of raylane on a cluster. Its routes start at /v1 and /v2, so a deploy
-# of another registered model replaces the previous one (Serve routes by prefix).
-APP_NAME = "raylane"
 log = logging.getLogger(__name__)
 
 
@@ -28,22 +26,64 @@ def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str, ve
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
-    """Deploys the Serve application for the model's champion; returns its base URL.
+    """Adds the model's champion to the endpoint, or updates it there; returns the base URL.
 
-    If the same application already runs and follows the alias, it is left running: its replicas
-    load the new champion beside the old one and switch without a restart or a failed request.
+    Each model is its own Serve application (raylane.serving.routes), so deploying, updating or
+    removing one leaves the others' replicas alone. If the model's application already runs with
+    the same arguments and follows the alias, it is left running: its replicas load the new
+    champion beside the old one and switch without a restart or a failed request.
     """
     from ray import serve
 
     from raylane.serving.app import build_app
+    from raylane.serving.gateway import GatewayArgs, build_gateway
 
     version = champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, clearly
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
     args = serve_args(serve_cfg, model, tracking_uri, version)
     if not (args.follows and _switch_running_app(args, version)):
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(args), name=routes.model_app(model.name),
+                  route_prefix=routes.route_prefix(model.name), blocking=False)
+    gateway = GatewayArgs(auth=serve_cfg.auth, max_body_bytes=serve_cfg.max_body_bytes,
+                          access_log=serve_cfg.access_log)
+    if _running_args(routes.GATEWAY_APP) != {"gateway": gateway.model_dump(mode="json")}:
+        serve.run(build_gateway(gateway), name=routes.GATEWAY_APP, route_prefix="/", blocking=False)
     return f"http://{_reachable_host(serve_cfg.host)}:{serve_cfg.port}"
+
+
+def served_models() -> list[str]:
+    """The registered models the endpoint on the connected Ray serves."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve not started on this cluster
+        return []
+    return sorted(name for app in applications if (name := routes.model_of_app(app)) is not None)
+
+
+def remove(name: str) -> None:
+    """Takes model `name` off the endpoint; the other models keep serving. ConfigError if it is not
+    served there."""
+    from ray import serve
+
+    served = served_models()
+    if name not in served:
+        raise ConfigError(f"--remove {name}: model {name!r} is not served on this endpoint; served: "
+                          f"{', '.join(served) or 'none'}")
+    serve.delete(routes.model_app(name))
+
+
+def _running_args(app: str) -> dict | None:
+    """What a running application's `describe` answers; None if it is not running (or is not one
+    of raylane's)."""
+    from ray import serve
+
+    try:
+        return serve.get_app_handle(app).describe.remote().result(timeout_s=30)
+    except Exception:
+        return None
 
 
 def _reachable_host(bound: str) -> str:
@@ -62,15 +102,12 @@ def _switch_running_app(args: ServeArgs, version: str, timeout_s: float = 300) -
     """True if a running app with these arguments now serves `version`; False to redeploy."""
     from ray import serve
 
-    try:
-        handle = serve.get_app_handle(APP_NAME)
-        running = handle.describe.remote().result(timeout_s=30)
-    except Exception:  # not deployed, or another kind of app: deploy afresh
-        return False
-    if running.get("args") != args.model_dump(mode="json"):
+    running = _running_args(routes.model_app(args.model_name))
+    if running is None or running.get("args") != args.model_dump(mode="json"):
         return False
     log.info(f"the endpoint already follows {args.model_name}@{args.alias}: switching to v{version} "
              "in place (new version loaded and warmed up before it takes traffic)")
+    handle = serve.get_app_handle(routes.model_app(args.model_name))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

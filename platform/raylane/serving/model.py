@@ -47,9 +47,10 @@ class ServeArgs(ServingOptions):
                               min_length=1)
     """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL); required."""
 
-    proxy: Literal["python", "haproxy"] = "python"
-    """The ingress in front of the replicas (the pipeline's `serve.proxy`): set 'haproxy' where the
-    Ray processes run with RAY_SERVE_ENABLE_HA_PROXY=1, so each response leaves a replica in one write."""
+    proxy: Literal["auto", "haproxy", "python"] = "auto"
+    """The ingress in front of the replicas (the pipeline's `serve.proxy`). Behind HAProxy (this says
+    'haproxy', or the replica's Ray runs with RAY_SERVE_ENABLE_HA_PROXY=1) each response leaves a
+    replica in one write."""
 
     @property
     def follows(self) -> bool:

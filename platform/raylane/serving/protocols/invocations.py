@@ -18,9 +18,10 @@ import pandas as pd
 from pydantic import BaseModel
 
 from raylane._compat.mlflow import enforce_schema, parse_json_input
-from raylane.serving.errors import InvalidInput, UnsupportedMediaType
+from raylane.serving.errors import InvalidInput, UnsupportedMediaType, json_path
 from raylane.serving.model import LoadedModel
 from raylane.serving.protocols.images import image_frame, raw_image, takes_images
+from raylane.serving.protocols.rows import not_finite
 
 
 class InvocationsRequest(BaseModel):
@@ -61,6 +62,8 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         raise UnsupportedMediaType("This predictor only supports the following content types: Types: "
                                    f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}'{images}]. "
                                    f"Got '{content_type or ''}'.")
+    if mime == scoring.CONTENT_TYPE_JSON:
+        _refuse_not_finite(body, model.feature_columns)
     if mime == scoring.CONTENT_TYPE_JSON and model.numeric_only:
         fast = _numeric_invocation(body, model.feature_columns)
         if fast is not None:
@@ -101,6 +104,45 @@ def _known_params(params: dict[str, Any]) -> dict[str, Any]:
     return {"return_probabilities": value}
 
 
+class _Literal(str):
+    """A NaN, Infinity or -Infinity literal as `json.loads` met it (not a string that says so)."""
+
+
+def _refuse_not_finite(body: bytes, columns: list[str]) -> None:
+    """InvalidInput naming the row and column of the first NaN or Infinity literal in a JSON body.
+    MLflow's parser would take NaN for a missing value; as on V1 and V2, only null is one."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return
+    try:
+        request = json.loads(body, parse_constant=_Literal)
+    except (ValueError, RecursionError):
+        return  # not JSON: MLflow's parser explains
+    if not isinstance(request, dict):
+        return
+    stack = [((key,), value) for key, value in reversed(request.items()) if key != "params"]
+    while stack:
+        path, value = stack.pop()
+        if type(value) is _Literal:
+            raise not_finite(_where(path, request, columns), float(value))
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
+
+
+def _where(path: tuple[Any, ...], request: dict[str, Any], columns: list[str]) -> str:
+    """The JSON path of a value, with its column's name where the path has only its position:
+    'dataframe_split.data[0][3] (pixel_0_3)', 'instances[0][3] (pixel_0_3)'."""
+    where, position = json_path(path), path[-1]
+    if len(path) < 3 or not isinstance(path[-2], int) or not isinstance(position, int):
+        return where  # by name ('dataframe_records[0].age', 'inputs.age[0]'), or a row of one value
+    split = request.get("dataframe_split")
+    names = split.get("columns") if path[0] == "dataframe_split" and isinstance(split, dict) else columns
+    if isinstance(names, list) and 0 <= position < len(names):
+        return f"{where} ({names[position]})"
+    return where
+
+
 def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The common case without pandas: finite numbers for exactly the model's columns, in one of the
     four formats. Returns None for anything else, which then takes MLflow's own parsing and schema
@@ -131,11 +173,11 @@ def _numeric_rows(request: Any, columns: list[str]) -> tuple[np.ndarray, dict[st
             order = [names.index(c) for c in columns]
             rows = [[row[i] for i in order] if isinstance(row, list) and len(row) == width else None
                     for row in data]
-    elif key in ("dataframe_records", "instances") and isinstance(payload, list):
-        if all(isinstance(r, dict) and len(r) == width for r in payload):
+    elif key in ("dataframe_records", "instances", "inputs") and isinstance(payload, list):
+        if key != "inputs" and all(isinstance(r, dict) and set(r) == set(columns) for r in payload):
             rows = [[r[c] for c in columns] for r in payload]
-        elif key == "instances" and all(isinstance(r, list) and len(r) == width for r in payload):
-            rows = payload
+        elif key != "dataframe_records" and all(isinstance(r, list) and len(r) == width for r in payload):
+            rows = payload  # positional rows, as MLflow reads a tensor of the signature's width
     if not rows or any(r is None for r in rows):
         return None
     if not all(type(v) in (int, float) for row in rows for v in row):
@@ -169,7 +211,8 @@ def _invocation_matrix(data: Any, model: LoadedModel, schema: Any) -> np.ndarray
         raise InvalidInput(f"expected the {len(columns)} feature columns {columns[0]}..{columns[-1]} "
                            f"as numbers: {err}") from None
     if np.isinf(matrix).any():  # NaN is a missing value (null in JSON, empty in CSV): imputed
-        raise InvalidInput("values must be finite numbers (no Infinity)")
+        row, column = np.argwhere(np.isinf(matrix))[0]
+        raise not_finite(f"row {row}, column {columns[column]}", matrix[row, column])
     return matrix
 
 

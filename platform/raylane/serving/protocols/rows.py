@@ -1,14 +1,16 @@
 """What every protocol does around the model call: a typed model's raw columns (or an image
-model's images) encoded into the network's input, and the network's answer checked before any
-protocol shapes it."""
+model's images) encoded into the network's input, a NaN or Infinity refused in the same words on
+each, and the network's answer checked before any protocol shapes it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from raylane.images import ImageTooLarge
-from raylane.serving.errors import InvalidInput, PayloadTooLarge
+from raylane.serving.errors import InvalidInput, PayloadTooLarge, shown
 from raylane.serving.model import LoadedModel
 
 
@@ -22,6 +24,12 @@ def encode_rows(model: LoadedModel, frame: pd.DataFrame, field: str) -> np.ndarr
         raise PayloadTooLarge(f"{field}: {err}") from None
     except (ValueError, TypeError) as err:
         raise InvalidInput(f"{field}: {err}") from None
+
+
+def not_finite(where: str, value: Any) -> InvalidInput:
+    """The refusal of a NaN or Infinity sent at `where`: on every protocol only null (an empty CSV
+    field) is a missing value."""
+    return InvalidInput(f"{where}: expected a finite number, got {shown(value)}")
 
 
 def check_computable(probabilities: np.ndarray) -> None:

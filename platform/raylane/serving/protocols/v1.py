@@ -29,7 +29,7 @@ class V1PredictRequest(BaseModel):
     numeric columns; text for categorical ones; true/false for boolean ones; null for missing
     values where the model was trained with imputation (categorical and boolean models)."""
     return_probabilities: bool = False
-    """Return class probabilities instead of class labels."""
+    """Also return each row's class probabilities, in `probabilities`."""
 
 
 class V1ImagePredictRequest(BaseModel):
@@ -41,12 +41,15 @@ class V1ImagePredictRequest(BaseModel):
     """Images as base64 text: {"b64": "..."} (KServe's convention for binary data), by the column's
     name ({"image": {"b64": "..."}} or {"image": "..."}), or the text itself."""
     return_probabilities: bool = False
-    """Return class probabilities instead of class labels."""
+    """Also return each row's class probabilities, in `probabilities`."""
 
 
 class V1PredictResponse(BaseModel):
     predictions: list[Any]
-    """One class label per row (or one list of class probabilities per row)."""
+    """One class label per row (for a regression model, one predicted value)."""
+    probabilities: list[list[float]] | None = None
+    """With `return_probabilities`: one list per row, in the order of the model's classes (the V2
+    metadata's `parameters.classes`); left out of the JSON otherwise."""
 
 
 def rows_to_matrix(instances: list[Any], columns: list[str], field: str = "instances") -> np.ndarray:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from raylane.serving.errors import InvalidInput, describe_validation
 from raylane.serving.model import LoadedModel
 from raylane.serving.protocols.images import v2_images
+from raylane.serving.protocols.rows import not_finite
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 V2_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -105,6 +106,7 @@ def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.
                                    "the bytes after the JSON header")
             values = np.frombuffer(binary, dtype=np.dtype(dtype).newbyteorder("<"), count=count,
                                    offset=offset).astype(np.float64)
+            _refuse_not_finite(values, tensor.shape, where)
             offset += size
         else:
             values = _json_values(tensor, where, count)
@@ -126,13 +128,20 @@ def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.
         matrix = _columns_matrix(tensors, columns)
     if matrix.shape[0] == 0:
         raise InvalidInput("inputs: no rows to predict (the batch dimension is 0)")
-    if np.isinf(matrix).any() or (binary and np.isnan(matrix).any()):
-        raise InvalidInput("inputs: values must be finite numbers (no NaN or Infinity)")
     return matrix
 
 
-def _has_null(data: Any) -> bool:
-    return any(_has_null(v) if isinstance(v, list) else v is None for v in data)
+def _refuse_not_finite(values: np.ndarray, shape: list[int], where: str,
+                       nulls: np.ndarray | None = None) -> None:
+    """InvalidInput naming the row and column of a tensor's first NaN or Infinity (`values` flat,
+    row-major); a null in JSON `data` (`nulls`) is a missing value, not one of them."""
+    bad = ~np.isfinite(values) if nulls is None else ~np.isfinite(values) & ~nulls
+    if not bad.any():
+        return
+    k = int(bad.argmax())
+    if len(shape) == 2 and shape[1]:
+        raise not_finite(f"{where}, row {k // shape[1]}, column {k % shape[1]}", values[k])
+    raise not_finite(f"{where}, data[{k}]", values[k])  # [n] of one feature, or [features] of one row
 
 
 def _json_values(tensor: V2Tensor, where: str, count: int) -> np.ndarray:
@@ -142,18 +151,22 @@ def _json_values(tensor: V2Tensor, where: str, count: int) -> np.ndarray:
         values = np.asarray(tensor.data)
     except ValueError:
         raise InvalidInput(f"{where}: data is ragged; send it flat (row-major) or as equal rows") from None
+    nulls = None
     if values.dtype.kind == "O" and values.ndim >= 1:  # nulls: missing values, imputed by the model
         flat = values.reshape(-1)
         if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in flat):
-            values = np.array([np.nan if v is None else v for v in flat], dtype=np.float64)
+            nulls = np.array([v is None for v in flat])
+            try:
+                values = np.array([np.nan if v is None else v for v in flat], dtype=np.float64)
+            except OverflowError:  # an integer beyond any float
+                raise InvalidInput(f"{where}: a value is out of range") from None
     if values.dtype.kind not in "iuf" and not (values.dtype.kind == "b" and tensor.datatype == "BOOL"):
         raise InvalidInput(f"{where}: data must be numbers (or null) for datatype {tensor.datatype}")
-    if values.dtype.kind == "f" and np.isinf(values).any() or (
-            values.dtype.kind == "f" and np.isnan(values).any() and not _has_null(tensor.data)):
-        raise InvalidInput(f"{where}: values must be finite numbers (null for a missing value)")
     if values.size != count:
         raise InvalidInput(f"{where}: {values.size} values do not fill shape {tensor.shape} "
                            f"({count} values)")
+    if values.dtype.kind == "f":
+        _refuse_not_finite(values.reshape(-1), tensor.shape, where, nulls)
     try:
         return values.reshape(-1).astype(np.float64)
     except OverflowError:
@@ -186,6 +199,9 @@ def _v2_frame(request: V2InferRequest, binary: bytes, model: LoadedModel) -> pd.
         values = _flat(tensor.data)
         if len(values) != tensor.shape[0]:
             raise InvalidInput(f"{where}: {len(values)} values do not fill shape {tensor.shape}")
+        bad = next((r for r, v in enumerate(values) if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:  # only null is a missing value
+            raise not_finite(f"{where}, data[{bad}]", values[bad])
         by_name[tensor.name] = values
     missing = [c for c in columns if c not in by_name]
     if missing:

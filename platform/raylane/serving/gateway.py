@@ -1,0 +1,275 @@
+"""The gateway: raylane's Serve application at `/`, beside one application per served model.
+
+    GET  /v2/repository/index (or POST)   every model served here, by version, with its state
+    GET  /, /v2, /v2/health/live|ready, /ping, /health
+    GET  /docs, /openapi.json[?model=NAME]
+    POST /v1/models/{name}:predict, /invocations[?model=NAME]   passed on to the model's application
+
+Each model's application (raylane.serving.app, mounted at `/v2/models/<name>`) has its own
+replicas, alias and canary. Serve routes by path prefix, so V2 requests reach a model's replicas
+directly; behind HAProxy, `raylane-haproxy` sends V1 and `/invocations` there directly too. What
+still arrives here for a model (Serve's Python proxy, or a Ray whose HAProxy runs without
+raylane's command) is passed on to its replicas through a DeploymentHandle: the same answer, one
+Ray call slower. `/invocations` names its model with `?model=NAME` or `X-Model-Name: NAME`, or
+needs none while one model is served.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the route parameters' real types.
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+from ray import serve
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from raylane.config import AuthConfig, _Section
+from raylane.serving import routes
+from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
+
+MODELS_TTL_S = 1.0
+"""How long the gateway reuses its list of served models (read from Serve's controller)."""
+# Serve's application states -> Triton's model-repository states.
+STATES = {"RUNNING": "READY", "DEPLOYING": "LOADING", "DELETING": "UNLOADING"}
+
+
+class GatewayArgs(_Section):
+    """Arguments of the gateway application: the endpoint-wide settings of the last deploy."""
+
+    auth: AuthConfig | None = None
+    """Bearer tokens for the gateway's own routes (the models check theirs on what is passed on)."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    access_log: bool = False
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+# Defined before the app: `serve.ingress` pickles the app, with the globals its routes use, when
+# the class below is decorated.
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, models: dict[str, str]) -> None:
+        super().__init__(message)
+        self.status, self.models = status, models
+
+    def response(self, mlflow: bool = False) -> JSONResponse:
+        served = ", ".join(sorted(self.models)) or "none"
+        message = (f"{self}; served: {served}. Pick one with ?{routes.MODEL_PARAM}=NAME or the "
+                   f"{routes.MODEL_HEADER} header")
+        extra = {"error_code": "BAD_REQUEST" if self.status == 400 else "RESOURCE_DOES_NOT_EXIST",
+                 "message": message} if mlflow else {}
+        return JSONResponse({"error": message, **extra}, status_code=self.status)
+
+
+def _too_large(message: str, path: str) -> JSONResponse:
+    """413 in the protocol's shape (/invocations: MLflow's, as the model's own app answers)."""
+    extra = {"error_code": "BAD_REQUEST", "message": message} if path == "/invocations" else {}
+    return JSONResponse({"error": message, **extra}, status_code=413)
+
+
+def _not_served(name: str, models: dict[str, str]) -> JSONResponse:
+    served = ", ".join(sorted(models)) or "none"
+    return _error(404, f"model {name!r} is not served here; served: {served}")
+
+
+gateway = FastAPI(title="raylane inference", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="The models served on this endpoint; each model's own routes are "
+                              "documented at /docs?model=NAME.")
+GATEWAY: dict = {}
+"""The replica's Gateway, for the middleware (as raylane.serving.REPLICA for a model's replica)."""
+
+
+class GatewayAuth:
+    """Bearer tokens on the gateway's own routes; what is passed on is checked by the model."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = GATEWAY.get("server")
+        if scope["type"] != "http" or server is None or server.auth is None or _passed_on(scope["path"]) \
+                or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
+        reason = server.auth.check(headers.get("authorization"))
+        if reason is None:
+            await self.app(scope, receive, send)
+            return
+        challenge = CHALLENGE + (', error="invalid_token"' if "authorization" in headers else "")
+        await _error(401, reason, {"WWW-Authenticate": challenge})(scope, receive, send)
+
+
+def _passed_on(path: str) -> bool:
+    return path.startswith("/v1/models/") or path == "/invocations"
+
+
+gateway.add_middleware(GatewayAuth)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(gateway)
+class Gateway:
+    def __init__(self, args: GatewayArgs) -> None:
+        self.args = args
+        self.auth = TokenAuth(args.auth) if args.auth else None
+        self._models: tuple[float, dict[str, str]] = (0.0, {})
+        GATEWAY["server"] = self
+
+    # --- what is served here ------------------------------------------------------------------------
+    async def models(self) -> dict[str, str]:
+        """Served model name -> its application's Serve status (cached for MODELS_TTL_S)."""
+        at, models = self._models
+        if time.monotonic() - at > MODELS_TTL_S:
+            status = await asyncio.to_thread(serve.status)
+            models = {name: app.status.value if hasattr(app.status, "value") else str(app.status)
+                      for app_name, app in status.applications.items()
+                      if (name := routes.model_of_app(app_name)) is not None}
+            self._models = (time.monotonic(), models)
+        return models
+
+    async def _pick(self, request: Request) -> str:
+        models = await self.models()
+        name = request.query_params.get(routes.MODEL_PARAM) or request.headers.get(routes.MODEL_HEADER)
+        if name is None:
+            if len(models) == 1:
+                return next(iter(models))
+            raise _Refused(400, "several models are served here" if models else "no model is served here",
+                           models)
+        if name not in models:
+            raise _Refused(404, f"model {name!r} is not served here", models)
+        return name
+
+    # --- passed on to a model's replicas -----------------------------------------------------------
+    async def _forward(self, name: str, request: Request) -> Response:
+        models = await self.models()
+        if name not in models:
+            return _not_served(name, models)
+        length, limit = request.headers.get("content-length"), self.args.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _too_large(f"request body of {length} bytes is over the limit of {limit} "
+                              "(serve.max_body_bytes)", request.scope["path"])
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _too_large(f"request body is over the limit of {limit} bytes (serve.max_body_bytes)",
+                                  request.scope["path"])
+        handle = serve.get_app_handle(routes.model_app(name))
+        status, headers, content = await handle.forward.remote(
+            request.method, request.scope["path"], request.scope["query_string"],
+            list(request.scope["headers"]), bytes(body))
+        answer = Response(content, status_code=status)
+        # Via (RFC 9110): this answer took the gateway's extra hop, not the ingress's direct route.
+        answer.raw_headers = [(k, v) for k, v in headers if k.lower() != b"content-length"] + \
+            [(b"content-length", str(len(content)).encode()), (b"via", b"1.1 raylane-gateway")]
+        return answer
+
+    @gateway.post("/v1/models/{name}:predict")
+    async def v1_predict(self, name: str, request: Request) -> Response:
+        return await self._forward(name, request)
+
+    @gateway.get("/v1/models/{name}")
+    async def v1_status(self, name: str, request: Request) -> Response:
+        return await self._forward(name.removesuffix(":predict"), request) if not name.endswith(":predict") \
+            else _error(405, "use POST for :predict", {"Allow": "POST"})
+
+    @gateway.post("/invocations")
+    async def invocations(self, request: Request) -> Response:
+        try:
+            name = await self._pick(request)
+        except _Refused as refused:
+            return refused.response(mlflow=True)
+        return await self._forward(name, request)
+
+    @gateway.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Response:
+        try:
+            name = await self._pick(request)
+        except _Refused as refused:
+            return refused.response()
+        return await self._forward(name, request)
+
+    @gateway.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        try:
+            name = await self._pick(request)
+        except _Refused as refused:
+            return refused.response()
+        return get_swagger_ui_html(openapi_url=f"/openapi.json?{routes.MODEL_PARAM}={name}",
+                                   title=f"raylane inference: {name}")
+
+    # --- the endpoint's own routes ------------------------------------------------------------------
+    @gateway.api_route("/v2/repository/index", methods=["GET", "POST"])
+    async def repository_index(self) -> list[dict[str, Any]]:
+        """Triton's model-repository extension: one entry per version held, with its state."""
+        models = await self.models()
+
+        async def entries(name: str, status: str) -> list[dict[str, Any]]:
+            state = STATES.get(status, "UNAVAILABLE")
+            if state != "READY":
+                return [{"name": name, "version": "", "state": state, "reason": status.lower()}]
+            try:
+                described = await asyncio.wait_for(
+                    serve.get_app_handle(routes.model_app(name)).describe.remote(), timeout=10)
+            except Exception as err:  # a model being replaced or removed right now
+                return [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": str(err)[:200]}]
+            return [{"name": name, "version": version, "state": "READY", "reason": "", "role": role}
+                    for version, role in described["versions"].items()]
+
+        listed = await asyncio.gather(*(entries(n, s) for n, s in sorted(models.items())))
+        return [entry for entries_of_model in listed for entry in entries_of_model]
+
+    @gateway.get("/")
+    async def index(self) -> dict[str, Any]:
+        models = sorted(await self.models())
+        return {"status": "alive", "models": models, "repository": "/v2/repository/index",
+                "docs": "/docs" + (f"?{routes.MODEL_PARAM}={models[0]}" if len(models) == 1 else ""),
+                "routes": {name: {"v1": f"/v1/models/{name}:predict", "v2": f"/v2/models/{name}/infer",
+                                  "mlflow": f"/invocations?{routes.MODEL_PARAM}={name}"} for name in models}}
+
+    @gateway.get("/v2")
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "raylane", "version": "1", "extensions": ["binary_tensor_data", "model_repository"]}
+
+    @gateway.get("/v2/health/live")
+    def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @gateway.get("/v2/health/ready")
+    async def ready(self) -> Response:
+        """Ready once a model is served and every model served is (Triton's server readiness)."""
+        models = await self.models()
+        ready = bool(models) and all(status == "RUNNING" for status in models.values())
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @gateway.get("/ping")
+    async def ping(self) -> Response:
+        ready = await self.ready()
+        return Response("\n", media_type="application/json", status_code=ready.status_code)
+
+    @gateway.get("/health")
+    async def health(self) -> Response:
+        return await self.ping()
+
+    @gateway.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                       include_in_schema=False)
+    async def not_found(self, path: str) -> Response:
+        """`/v2/models/<name>...` of a model not served here, and every unknown path."""
+        if path.startswith("v2/models/"):
+            return _not_served(path.split("/")[2], await self.models())
+        return _error(404, f"no route /{path}; see / for the models served here")
+
+    # --- called through a DeploymentHandle ---------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"gateway": self.args.model_dump(mode="json")}
+
+
+def build_gateway(args: GatewayArgs | dict[str, Any]) -> Any:
+    """Returns the gateway application; mount it at `/` (name routes.GATEWAY_APP)."""
+    args = args if isinstance(args, GatewayArgs) else GatewayArgs.model_validate(args)
+    return Gateway.options(logging_config={"enable_access_log": args.access_log}).bind(args)
