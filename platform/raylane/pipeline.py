@@ -171,7 +171,7 @@ def serve_champion(cfg: PipelineConfig, quiet: bool = False) -> tuple[str, bool]
     log_file = cluster.capture_tool_logs(None, also_import=("ray.serve",)) if quiet else None
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
     version = registry.champion_version(tracking_uri, cfg.model.name, cfg.model.champion_alias)
-    on_cluster = cluster.connect(cfg, log_file=log_file)
+    on_cluster = cluster.connect(cfg, log_file=log_file, training=False)
     return serve(cfg, tracking_uri, version=version), on_cluster
 
 
@@ -183,7 +183,7 @@ def remove_model(cfg: PipelineConfig, name: str, quiet: bool = False) -> None:
                           "cluster.address); a local `raylane serve` stops with Ctrl-C")
     cluster.apply_settings(cfg)
     log_file = cluster.capture_tool_logs(None, also_import=("ray.serve",)) if quiet else None
-    cluster.connect(cfg, log_file=log_file)
+    cluster.connect(cfg, log_file=log_file, training=False)
     with progress.stage("serve", f"remove {name}"):
         deploy.remove(name)
     progress.say(f"{name} is no longer served; still served: {', '.join(deploy.served_models()) or 'none'}")

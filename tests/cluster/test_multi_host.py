@@ -52,7 +52,7 @@ def test_training_across_hosts_registered_on_the_server_served_from_the_workers(
 
     # The endpoint: replicas on the worker hosts, called from the client at the head's address.
     assert f"endpoint {rig.ENDPOINT}/v1/models/{name}:predict" in logs
-    replicas = [a for a in probe("actors", "ServeReplica:") if a["state"] == "ALIVE"]
+    replicas = [a for a in probe("actors", f"ServeReplica:raylane-{name}:") if a["state"] == "ALIVE"]
     assert replicas and {a["ip"] for a in replicas} == WORKER_IPS, replicas
     url = f"{rig.ENDPOINT}/v1/models/{name}:predict"
     answer = probe("predict", url, serve_token())

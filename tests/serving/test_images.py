@@ -125,6 +125,7 @@ def endpoint(ray_local, serve_port, tmp_path_factory):
     yield {"client": client, "url": url, "uri": uri, "model": model, "images": images, "truth": truth,
            "expected": expected, "version": promotion.version, "test_accuracy": logged.test_score}
     client.close()
+    deploy.remove(NAME)  # the session's endpoint serves the next module's models alone
 
 
 def test_the_model_is_accurate_and_pins_pillow(endpoint) -> None:

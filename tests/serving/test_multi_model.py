@@ -168,7 +168,8 @@ def test_model_b_comes_and_goes_while_model_a_answers_every_request(head, regist
     assert load.statuses[200] > 30, load.statuses
     assert set(load.statuses) == {200}, (load.statuses, load.failures[:5])
 
-    unknown = subprocess.run([sys.executable, "-m", "raylane", "serve", "--remove", "nope", "--tracking-uri",
-                              uri], env=head["env"], cwd=head["tmp"], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "raylane", "serve", "--remove", "nope", "--tracking-uri", uri]
+    unknown = subprocess.run(command, env=head["env"], cwd=head["tmp"], capture_output=True, text=True,
+                             timeout=300)
     assert unknown.returncode == 2 and "'nope' is not served on this endpoint; served: digits" in \
         unknown.stdout + unknown.stderr, unknown.stdout + unknown.stderr

@@ -24,7 +24,8 @@ def endpoint(registry, serve_port):
     cfg = ServeConfig(port=serve_port, canary=CanaryConfig(alias="challenger", percent=CANARY_PERCENT),
                       poll_interval_s=1.0)
     url = deploy.deploy(cfg, ModelConfig(name="digits"), registry["uri"])
-    return {**registry, "url": url, "cfg": cfg}
+    yield {**registry, "url": url, "cfg": cfg}
+    deploy.remove("digits")  # the session's endpoint serves the next module's models alone
 
 
 def raylane(*args: str, uri: str) -> subprocess.CompletedProcess:

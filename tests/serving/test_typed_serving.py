@@ -41,6 +41,7 @@ def endpoint(ray_local, serve_port, tmp_path_factory):
     yield {"client": client, "rows": rows, "expected": expected.tolist(), "version": promotion.version,
            "truth": np.asarray(prepared.classes)[labels].tolist()}
     client.close()
+    deploy.remove("customers")  # the session's endpoint serves the next module's models alone
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
