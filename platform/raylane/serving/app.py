@@ -130,7 +130,7 @@ class ServingMiddleware:
             scope["root_path"] = scope["root_path"][:-len(mount)]
         moved = scope["root_path"] + mount + routes.PASSED_ON
         if scope["path"].startswith(moved + "/"):  # moved by raylane-haproxy: back to the original
-            scope["path"] = scope["path"][len(moved):]
+            scope["path"] = scope["root_path"] + scope["path"][len(moved):]
             scope["raw_path"] = scope["path"].encode()
         path, start = route_path(scope), time.perf_counter()  # without a route prefix
         answering = serving.ANSWERING.set(None)

@@ -6,12 +6,16 @@ import logging
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from raylane.config import ModelConfig, ServeConfig, ServingOptions
 from raylane.errors import ConfigError, RaylaneError
 from raylane.registry import champion_version
 from raylane.serving import routes
 from raylane.serving.model import ServeArgs
+
+if TYPE_CHECKING:
+    from raylane.serving.gateway import GatewayArgs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
     from ray import serve
 
     from raylane.serving.app import build_app
-    from raylane.serving.gateway import GatewayArgs, build_gateway
+    from raylane.serving.gateway import build_gateway
 
     version = champion_version(tracking_uri, model.name, model.champion_alias)  # fail early, clearly
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
@@ -45,11 +49,29 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
         serve.run(build_app(args), name=routes.model_app(model.name),
                   route_prefix=routes.route_prefix(model.name), blocking=False)
-    gateway = GatewayArgs(auth=serve_cfg.auth, max_body_bytes=serve_cfg.max_body_bytes,
-                          access_log=serve_cfg.access_log)
+    gateway = _gateway_args(serve_cfg, _running_args(routes.GATEWAY_APP))
     if _running_args(routes.GATEWAY_APP) != {"gateway": gateway.model_dump(mode="json")}:
         serve.run(build_gateway(gateway), name=routes.GATEWAY_APP, route_prefix="/", blocking=False)
     return f"http://{_reachable_host(serve_cfg.host)}:{serve_cfg.port}"
+
+
+def _gateway_args(serve_cfg: ServeConfig, running: dict | None) -> GatewayArgs:
+    """The gateway's arguments after deploying `serve_cfg`'s model beside a running gateway: a
+    deploy never weakens it. Its auth stays on once on (a model deployed without auth does not
+    open the repository index), and its body limit is the largest any model took (each model
+    still holds requests to its own)."""
+    from raylane.serving.gateway import GatewayArgs
+
+    new = GatewayArgs(auth=serve_cfg.auth, max_body_bytes=serve_cfg.max_body_bytes,
+                      access_log=serve_cfg.access_log)
+    if not running or "gateway" not in running:
+        return new
+    old = GatewayArgs.model_validate(running["gateway"])
+    if old.auth is not None and new.auth != old.auth:
+        log.warning("the endpoint's gateway keeps the auth it runs with (serve.auth of this deploy: "
+                    f"{'off' if new.auth is None else 'different'}); each model checks its own tokens")
+    return GatewayArgs(auth=old.auth or new.auth, max_body_bytes=max(old.max_body_bytes, new.max_body_bytes),
+                       access_log=new.access_log)
 
 
 def served_models() -> list[str]:

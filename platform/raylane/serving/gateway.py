@@ -26,6 +26,7 @@ from pydantic import Field
 from ray import serve
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raylane._compat.starlette import route_path
 from raylane.config import AuthConfig, _Section
 from raylane.serving import routes
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
@@ -52,13 +53,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 # Defined before the app: `serve.ingress` pickles the app, with the globals its routes use, when
 # the class below is decorated.
 class _Refused(Exception):
-    def __init__(self, status: int, message: str, models: dict[str, str]) -> None:
+    def __init__(self, status: int, message: str, models: dict[str, str] | None) -> None:
         super().__init__(message)
         self.status, self.models = status, models
 
     def response(self, mlflow: bool = False) -> JSONResponse:
-        served = ", ".join(sorted(self.models)) or "none"
-        message = (f"{self}; served: {served}. Pick one with ?{routes.MODEL_PARAM}=NAME or the "
+        served = "" if self.models is None else f"; served: {', '.join(sorted(self.models)) or 'none'}"
+        message = (f"{self}{served}. Pick one with ?{routes.MODEL_PARAM}=NAME or the "
                    f"{routes.MODEL_HEADER} header")
         extra = {"error_code": "BAD_REQUEST" if self.status == 400 else "RESOURCE_DOES_NOT_EXIST",
                  "message": message} if mlflow else {}
@@ -71,9 +72,10 @@ def _too_large(message: str, path: str) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=413)
 
 
-def _not_served(name: str, models: dict[str, str]) -> JSONResponse:
-    served = ", ".join(sorted(models)) or "none"
-    return _error(404, f"model {name!r} is not served here; served: {served}")
+def _not_served(name: str, models: dict[str, str] | None) -> JSONResponse:
+    """404 for a model not served; the models that are, unless `models` is None (not to be told)."""
+    served = "" if models is None else f"; served: {', '.join(sorted(models)) or 'none'}"
+    return _error(404, f"model {name!r} is not served here{served}")
 
 
 gateway = FastAPI(title="raylane inference", docs_url=None, redoc_url=None, openapi_url=None,
@@ -84,15 +86,17 @@ GATEWAY: dict = {}
 
 
 class GatewayAuth:
-    """Bearer tokens on the gateway's own routes; what is passed on is checked by the model."""
+    """Bearer tokens on the gateway's own routes; what is passed on is checked by its model (whose
+    tokens may differ), and the gateway's answers to an unchecked request name no model."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = GATEWAY.get("server")
-        if scope["type"] != "http" or server is None or server.auth is None or _passed_on(scope["path"]) \
-                or scope["path"] in OPEN_PATHS:
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or server is None or server.auth is None or _passed_on(path) \
+                or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
@@ -118,6 +122,7 @@ class Gateway:
         self.args = args
         self.auth = TokenAuth(args.auth) if args.auth else None
         self._models: tuple[float, dict[str, str]] = (0.0, {})
+        self._handles: dict[str, Any] = {}
         GATEWAY["server"] = self
 
     # --- what is served here ------------------------------------------------------------------------
@@ -130,7 +135,19 @@ class Gateway:
                       for app_name, app in status.applications.items()
                       if (name := routes.model_of_app(app_name)) is not None}
             self._models = (time.monotonic(), models)
+            self._handles = {name: h for name, h in self._handles.items() if name in models}
         return models
+
+    async def _handle(self, name: str) -> Any:
+        """The model application's handle, looked up once (the lookup asks Serve's controller)."""
+        if name not in self._handles:
+            self._handles[name] = await asyncio.to_thread(serve.get_app_handle, routes.model_app(name))
+        return self._handles[name]
+
+    def _may_list(self, request: Request) -> bool:
+        """Whether an error may name the models served: the caller holds a token the gateway accepts,
+        or the gateway asks for none."""
+        return self.auth is None or self.auth.check(request.headers.get("authorization")) is None
 
     async def _pick(self, request: Request) -> str:
         models = await self.models()
@@ -139,16 +156,17 @@ class Gateway:
             if len(models) == 1:
                 return next(iter(models))
             raise _Refused(400, "several models are served here" if models else "no model is served here",
-                           models)
+                           models if self._may_list(request) else None)
         if name not in models:
-            raise _Refused(404, f"model {name!r} is not served here", models)
+            raise _Refused(404, f"model {name!r} is not served here",
+                           models if self._may_list(request) else None)
         return name
 
     # --- passed on to a model's replicas -----------------------------------------------------------
     async def _forward(self, name: str, request: Request) -> Response:
         models = await self.models()
         if name not in models:
-            return _not_served(name, models)
+            return _not_served(name, models if self._may_list(request) else None)
         length, limit = request.headers.get("content-length"), self.args.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             return _too_large(f"request body of {length} bytes is over the limit of {limit} "
@@ -159,10 +177,15 @@ class Gateway:
             if len(body) > limit:
                 return _too_large(f"request body is over the limit of {limit} bytes (serve.max_body_bytes)",
                                   request.scope["path"])
-        handle = serve.get_app_handle(routes.model_app(name))
-        status, headers, content = await handle.forward.remote(
-            request.method, request.scope["path"], request.scope["query_string"],
-            list(request.scope["headers"]), bytes(body))
+        try:
+            handle = await self._handle(name)
+            status, headers, content = await handle.forward.remote(
+                request.method, route_path(request.scope), request.scope["query_string"],
+                list(request.scope["headers"]), bytes(body))
+        except Exception as err:  # the model being removed or replaced right now
+            self._handles.pop(name, None)
+            return _error(503, f"model {name!r} did not answer: {type(err).__name__}; try again",
+                          {"Retry-After": "1"})
         answer = Response(content, status_code=status)
         # Via (RFC 9110): this answer took the gateway's extra hop, not the ingress's direct route.
         answer.raw_headers = [(k, v) for k, v in headers if k.lower() != b"content-length"] + \
@@ -249,8 +272,10 @@ class Gateway:
 
     @gateway.get("/ping")
     async def ping(self) -> Response:
-        ready = await self.ready()
-        return Response("\n", media_type="application/json", status_code=ready.status_code)
+        """MLflow's health check: 200 while a model answers (another one being deployed or failing
+        does not take the endpoint out of a load balancer)."""
+        running = any(status == "RUNNING" for status in (await self.models()).values())
+        return Response("\n", media_type="application/json", status_code=200 if running else 503)
 
     @gateway.get("/health")
     async def health(self) -> Response:
@@ -260,7 +285,7 @@ class Gateway:
                        include_in_schema=False)
     async def not_found(self, path: str) -> Response:
         """`/v2/models/<name>...` of a model not served here, and every unknown path."""
-        if path.startswith("v2/models/"):
+        if path.startswith("v2/models/"):  # the gateway's auth already checked this request
             return _not_served(path.split("/")[2], await self.models())
         return _error(404, f"no route /{path}; see / for the models served here")
 

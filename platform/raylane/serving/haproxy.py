@@ -5,9 +5,10 @@ reload. With `RAY_SERVE_HAPROXY_BINARY_PATH` pointing at this command (raylane s
 Ray; a cluster sets it where its nodes start Ray), each start reads a copy of Ray's config with:
 
 1. **Every listener on the endpoint's host.** Ray binds HAProxy's stats page (8404) and its
-   Prometheus exporter (9101) to all interfaces, whatever `http_options.host` says. They are bound
-   to the frontend's host instead: 127.0.0.1 by default, every interface when `serve.host` is
-   0.0.0.0.
+   Prometheus exporter (9101) to all interfaces, whatever `http_options.host` says. The exporter
+   is bound to the frontend's host instead (127.0.0.1 by default, every interface when
+   `serve.host` is 0.0.0.0), the stats page, which has no auth, to 127.0.0.1 always; HAProxy's
+   admin socket is made private to its user (Ray: mode 666).
 2. **KServe V1 and MLflow routes straight to each model's replicas.** Serve routes by path prefix:
    a model's application is mounted at `/v2/models/<name>`, which `/v1/models/<name>:predict` and
    `/invocations` are not under, and a replica refuses a path outside its prefix. For each such
@@ -33,6 +34,8 @@ from pathlib import Path
 from raylane.serving import routes
 
 _BIND_ANY = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|)(:\d+)(\s*)$", re.MULTILINE)
+_STATS_BIND = re.compile(r"^(listen stats\n\s*bind\s+)\S*(:\d+)", re.MULTILINE)
+_ADMIN_SOCKET = re.compile(r"^(\s*stats socket \S+ mode )666\b", re.MULTILINE)
 _FRONTEND_BIND = re.compile(r"^frontend http_frontend\n\s*bind\s+(\S+):\d+", re.MULTILINE)
 _MODEL_ACL = re.compile(rf"^(\s*)acl is_(\S+) path {re.escape(routes.MODEL_PREFIX)}([A-Za-z0-9_.-]+)$",
                         re.MULTILINE)
@@ -40,8 +43,13 @@ _USE_BACKEND = re.compile(r"^\s*use_backend ", re.MULTILINE)
 
 
 def rewrite(config: str) -> str:
-    """Returns Ray's HAProxy config with raylane's two changes (see the module docstring)."""
-    return _model_routes(_bind_to_frontend_host(config))
+    """Returns Ray's HAProxy config with raylane's changes (see the module docstring)."""
+    config = _bind_to_frontend_host(config)
+    # The stats page has no auth: loopback whatever the endpoint's host; HAProxy's admin socket
+    # (Ray's runs as the same user) is not for every local user.
+    config = _STATS_BIND.sub(lambda m: f"{m.group(1)}127.0.0.1{m.group(2)}", config)
+    config = _ADMIN_SOCKET.sub(lambda m: f"{m.group(1)}600", config)
+    return _model_routes(config)
 
 
 def _bind_to_frontend_host(config: str) -> str:
@@ -64,8 +72,11 @@ def _model_routes(config: str) -> str:
         moved = f"{indent}http-request set-path {routes.route_prefix(name)}{routes.PASSED_ON}%[path] if"
         rules += [f"{moved} {{ path /v1/models/{name}:predict }}",
                   f"{moved} {{ path /v1/models/{name} }}",
-                  f"{moved} raylane_invocations {{ url_param({routes.MODEL_PARAM}) -m str {name} }}",
-                  f"{moved} raylane_invocations {{ req.hdr({routes.MODEL_HEADER}) -m str {name} }}"]
+                  f"{moved} raylane_invocations {{ url_param({routes.MODEL_PARAM}) -m str {name} }}"]
+    for _, name in models:  # the header only without the parameter, which wins (as in the gateway)
+        moved = f"{indent}http-request set-path {routes.route_prefix(name)}{routes.PASSED_ON}%[path] if"
+        rules.append(f"{moved} raylane_invocations !{{ url_param({routes.MODEL_PARAM}) -m found }} "
+                     f"{{ req.hdr({routes.MODEL_HEADER}) -m str {name} }}")
     if len(models) == 1:
         rules.append(f"{indent}http-request set-path {routes.route_prefix(models[0][1])}{routes.PASSED_ON}"
                      f"%[path] if raylane_invocations !{{ url_param({routes.MODEL_PARAM}) -m found }} "
@@ -97,8 +108,13 @@ def main() -> None:
         at = args.index("-f") + 1
         source = Path(args[at])
         target = source.with_name(source.name.removesuffix(".raylane") + ".raylane")
-        target.write_text(rewrite(source.read_text()))
-        args[at] = str(target)
+        try:
+            partial = target.with_name(f"{target.name}.{os.getpid()}")
+            partial.write_text(rewrite(source.read_text()))
+            os.replace(partial, target)  # a reload never reads a half-written file
+            args[at] = str(target)
+        except Exception as err:  # Ray's own config, unchanged, rather than no HAProxy at all
+            sys.stderr.write(f"raylane-haproxy: using Ray's config unchanged ({type(err).__name__}: {err})\n")
     binary = real_binary()
     os.execv(binary, [binary, *args])
 
