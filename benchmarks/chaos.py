@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+MODEL_REPLICAS = "ray::ServeReplica:raylane-digits:"
+"""The model's replicas (the gateway's replica, `ray::ServeReplica:raylane:Gateway`, is not killed)."""
+
 def processes(root: psutil.Process, prefix: str) -> list[psutil.Process]:
     found = []
     for proc in root.children(recursive=True):
@@ -115,7 +118,7 @@ def kill_a_train_worker(root: psutil.Process, run_dir: Path) -> dict:
 
 def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen, kills: int = 1) -> dict:
     deadline = time.monotonic() + 1800
-    while len(processes(root, "ray::ServeReplica")) < 2 or not ready(url):
+    while len(processes(root, MODEL_REPLICAS)) < 2 or not ready(url):
         assert pipeline.poll() is None and time.monotonic() < deadline, "the endpoint never came up"
         time.sleep(1)
     row = httpx.get(f"{url}/v2/models/digits", timeout=10).json()["inputs"][0]["shape"][-1] * [0.0]
@@ -137,12 +140,12 @@ def kill_a_replica(root: psutil.Process, url: str, pipeline: subprocess.Popen, k
     time.sleep(3)
     first_kill, replaced, per_kill = None, [], []
     for n in range(kills):
-        victim = processes(root, "ray::ServeReplica")[0]
+        victim = processes(root, MODEL_REPLICAS)[0]
         victim.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         first_kill = first_kill or killed
         print(f"[chaos] killed Serve replica pid {victim.pid} under load ({n + 1}/{kills})", flush=True)
-        while len([p for p in processes(root, "ray::ServeReplica") if p.pid != victim.pid]) < 2 or \
+        while len([p for p in processes(root, MODEL_REPLICAS) if p.pid != victim.pid]) < 2 or \
                 not ready(url):
             if time.monotonic() - killed > 180:
                 break

@@ -18,6 +18,25 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 os.environ.update(AWS)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _each_module_serves_its_own_models():
+    """Takes every model a test module deployed off the session's endpoint when the module ends:
+    one endpoint serves several models, so a module's `/invocations` (no model named) and its
+    repository index would otherwise see the models of the modules before it."""
+    yield
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from raylane.serving import deploy
+
+    for name in deploy.served_models():
+        try:
+            deploy.remove(name)
+        except Exception:  # removed meanwhile
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
