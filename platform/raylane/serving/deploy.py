@@ -49,8 +49,9 @@ def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str
         # blocking=False: returns once the replicas are up; the app lives as long as the cluster.
         serve.run(build_app(args), name=routes.model_app(model.name),
                   route_prefix=routes.route_prefix(model.name), blocking=False)
-    gateway = _gateway_args(serve_cfg, _running_args(routes.GATEWAY_APP))
-    if _running_args(routes.GATEWAY_APP) != {"gateway": gateway.model_dump(mode="json")}:
+    running = _running_args(routes.GATEWAY_APP)
+    gateway = _gateway_args(serve_cfg, running)
+    if running != {"gateway": gateway.model_dump(mode="json")}:
         serve.run(build_gateway(gateway), name=routes.GATEWAY_APP, route_prefix="/", blocking=False)
     return f"http://{_reachable_host(serve_cfg.host)}:{serve_cfg.port}"
 

@@ -201,21 +201,20 @@ class Gateway:
         return await self._forward(name.removesuffix(":predict"), request) if not name.endswith(":predict") \
             else _error(405, "use POST for :predict", {"Allow": "POST"})
 
-    @gateway.post("/invocations")
-    async def invocations(self, request: Request) -> Response:
+    async def _forward_picked(self, request: Request, mlflow: bool = False) -> Response:
         try:
             name = await self._pick(request)
         except _Refused as refused:
-            return refused.response(mlflow=True)
+            return refused.response(mlflow=mlflow)
         return await self._forward(name, request)
+
+    @gateway.post("/invocations")
+    async def invocations(self, request: Request) -> Response:
+        return await self._forward_picked(request, mlflow=True)
 
     @gateway.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> Response:
-        try:
-            name = await self._pick(request)
-        except _Refused as refused:
-            return refused.response()
-        return await self._forward(name, request)
+        return await self._forward_picked(request)
 
     @gateway.get("/docs", include_in_schema=False)
     async def docs(self, request: Request) -> Response:
