@@ -4,6 +4,7 @@
     raylane serve    --config pipelines/configs/digits_torch.yaml
     raylane promote  digits 7 [--force]
     raylane rollback digits
+    raylane history  digits
 
 The library logs; this module prints. A raylane error ends a command with one line on stderr and a
 non-zero exit (2 for a bad config), with the traceback only under --verbose.
@@ -75,6 +76,12 @@ PROMOTE_HELP = """Move a registry alias (default: champion), through the same ga
                                         # (test_accuracy higher, or for regression test_mae lower)
     raylane promote digits 7 --force    # recorded as forced
     raylane rollback digits             # back to the champion before the current one
+    raylane history digits              # every move, as the versions record them, and who made it
+
+Each move is recorded on the version it moved the alias to; `rollback` goes by those records and
+refuses when the model's history tag says otherwise (--repair-history: go by the records and
+rewrite the tag). Who made a move is the MLflow user where the tracking server has auth
+(MLFLOW_TRACKING_USERNAME/PASSWORD); elsewhere RAYLANE_USER or the login name, marked unverified.
 """
 
 
@@ -82,14 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     """The `raylane` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": run_command, "serve": serve_command, "promote": promote_command,
-                "rollback": rollback_command}
+                "rollback": rollback_command, "history": history_command}
     if not argv or argv[0] not in commands:
         asked = not argv or argv[0] in ("-h", "--help")
-        print("usage: raylane {run,serve,promote,rollback} [--help] [options]\n\n"
+        print("usage: raylane {run,serve,promote,rollback,history} [--help] [options]\n\n"
               "  run       data -> train -> tune -> MLflow -> register -> serve the champion\n"
               "  serve     deploy the current champion from the registry, without training\n"
               "  promote   NAME VERSION: move the champion alias, gated on its test metric\n"
-              "  rollback  NAME: move the champion alias back to the previous champion",
+              "  rollback  NAME: move the champion alias back to the previous champion\n"
+              "  history   NAME: the champion alias's moves, as the versions record them",
               file=sys.stdout if asked else sys.stderr)
         return 0 if argv and asked else EXIT_CONFIG_ERROR
     return commands[argv[0]](argv[1:])
@@ -103,8 +111,9 @@ def run_command(argv: list[str] | None = None) -> int:
     parser = _parser("run", RUN_HELP)
     _add_pipeline_arguments(parser)
     parser.add_argument("--run-name", help="name of this pipeline run: MLflow parent run, Tune "
-                        "experiment and checkpoint folder (default: <model>-<timestamp>); an existing "
-                        "name is refused, unless --resume-if-exists")
+                        "experiment and checkpoint folder (default: <model>-<timestamp>); letters, "
+                        "digits, '-', '_' and '.', not starting with '.', at most 128 characters; an "
+                        "existing name is refused, unless --resume-if-exists")
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue a stopped or killed run with its own config (found under "
                              "storage_path; --config/--set, if given, must describe the same run)")
@@ -180,6 +189,10 @@ def rollback_command(argv: list[str] | None = None) -> int:
     return _alias_command("rollback", argv)
 
 
+def history_command(argv: list[str] | None = None) -> int:
+    return _alias_command("history", argv)
+
+
 def _alias_command(command: str, argv: list[str] | None) -> int:
     parser = _parser(command, PROMOTE_HELP)
     parser.add_argument("name", help="registered model name, e.g. digits")
@@ -188,6 +201,10 @@ def _alias_command(command: str, argv: list[str] | None) -> int:
         parser.add_argument("--force", action="store_true",
                             help="promote even if its test metric does not beat the current version's, "
                                  "or is measured differently (another task); recorded as forced")
+    if command == "rollback":
+        parser.add_argument("--repair-history", action="store_true",
+                            help="when the model's history tag disagrees with the versions' own move "
+                                 "records: roll back by the records and rewrite the tag from them")
     parser.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                         "else sqlite:///mlflow.db in the working directory)")
@@ -202,15 +219,33 @@ def _alias_command(command: str, argv: list[str] | None) -> int:
         from mlflow import MlflowClient
 
         client = MlflowClient(store.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri)))
+        if command == "history":
+            return _show_history(client, args.name, args.alias)
         if command == "promote":
             done = registry.promote(client, args.name, args.version, args.alias, args.force)
         else:
-            done = registry.rollback(client, args.name, args.alias)
+            done = registry.rollback(client, args.name, args.alias, args.repair_history)
         was = f" (was v{done.previous})" if done.previous and done.previous != done.version else ""
         print(f"{args.name}@{args.alias} -> v{done.version}{was}: {done.reason}", flush=True)
         return 0
 
     return run_main(move, args.verbose)
+
+
+def _show_history(client: object, name: str, alias: str) -> int:
+    """Prints the alias's moves as the versions record them; 1 if the history tag disagrees."""
+    from raylane import registry
+
+    moves, problems = registry.checked_history(client, name, alias)
+    for move in moves:
+        seq = "old" if move.get("legacy") else move["seq"]  # from the tag alone, before records existed
+        print(f"{seq:>4}  {move.get('at')}  v{move.get('previous')} -> v{move.get('version')}  "
+              f"{move.get('action')}  by {registry.made_by(move)}: {move.get('reason')}")
+    if not moves:
+        print(f"no move of {name}@{alias} is recorded on its versions")
+    for problem in problems:
+        print(f"history tag {registry.history_tag(alias)!r} disagrees: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 # -- shared ----------------------------------------------------------------------------------------

@@ -56,13 +56,15 @@ def run(cfg: PipelineConfig, run_name: str | None = None, *, resume_from: runs.R
         run_name = run_name or runs.new_run_name(cfg)
         runs.check_new(storage_path, run_name)
     else:
-        run_name = resume_from.run_name
+        run_name = runs.check_name(resume_from.run_name, "--resume")
     check_backend_installed(cfg.train)
     builders.check_builder(cfg)  # model.builder imports and takes model.params: before any work
     cluster.apply_settings(cfg)
     log_file = _capture_logs(cfg, storage_path, run_name) if quiet else None
     experiment_id = tracking.configure(cfg.tracking)  # an unreachable MLflow server fails here
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking)
+    if resume_from is not None:  # the record is in shared storage: its ids must be this run's
+        tracking.check_resumed_run(resume_from, tracking_uri, experiment_id, cfg.model.name)
 
     on_cluster = cluster.connect(cfg, log_file=log_file)
     check_storage(storage_path)  # writable, and the same directory on every node, before any work

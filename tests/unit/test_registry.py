@@ -47,6 +47,8 @@ def test_history_stays_within_mlflow_tag_size(client) -> None:
         registry.promote(client, "m", "1" if i % 2 else "2", force=True)
     tag = client.get_registered_model("m").tags[registry.history_tag("champion")]
     assert len(tag) <= 5000 and json.loads(tag)[-1]["version"] == "1"  # the last of the 120 moves
+    moves, disagreements = registry.checked_history(client, "m", "champion")
+    assert len(moves) == 120 and not disagreements  # the tag keeps the newest; the versions keep all
 
 
 def test_rollback_refuses_after_a_move_outside_raylane(client) -> None:
@@ -145,3 +147,5 @@ def test_a_move_overwritten_outside_the_lock_is_judged_again_and_its_record_kept
     history = registry.read_history(client, "m", "champion")
     assert [(h["previous"], h["version"]) for h in history] == [("3", "2"), ("1", "2")]
     assert len({h["id"] for h in history}) == 2
+    moves, disagreements = registry.checked_history(client, "m", "champion")
+    assert moves[1:] == history and not disagreements  # the entry wiped from the tag is on v3

@@ -88,3 +88,94 @@ def test_resume_if_exists_continues_a_recorded_run_and_starts_a_new_one(tmp_path
                                 "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
     said = capsys.readouterr()
     assert code == 1 and "no run r2 under" in said.out and "no MLflow server answers" in said.err
+
+
+# -- run names (issue 20, items 8-10) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["digits-20261125-101500", "digits.v2_nightly", "a", "R" * 128, "0-x"])
+def test_a_run_name_of_letters_digits_dash_underscore_and_dot_is_accepted(name) -> None:
+    assert runs.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["../../x", "..", ".hidden", "/abs/x", "a/b", "a\\b", "", "R" * 129,
+                                  "née", "a b", "x\n", "s3://bucket/x", "~x"])
+def test_a_run_name_that_could_leave_its_folder_is_refused_naming_the_flag_and_the_rule(name) -> None:
+    with pytest.raises(ConfigError) as refused:
+        runs.check_name(name, "--resume")
+    said = str(refused.value)
+    assert said.startswith(f"--resume {name!r}: ") and "letters, digits" in said and "128" in said
+
+
+def test_no_run_of_an_escaping_name_is_started_resumed_or_looked_up(tmp_path) -> None:
+    """Local storage, and an s3:// storage path where an absolute name used to become a local path."""
+    cfg = load_config(None, ["train.epochs=3"])
+    storage = tmp_path / "a" / "storage"
+    runs.start(str(storage), "ok", cfg)
+    (tmp_path / "a" / "outside").mkdir()
+    record = (storage / "ok" / runs.RECORD_FILE).read_text()
+    (tmp_path / "a" / "outside" / runs.RECORD_FILE).write_text(record)
+    for name in ("../escaped", str(tmp_path / "absolute")):
+        with pytest.raises(ConfigError, match="--run-name .*: a run name is"):
+            runs.start(str(storage), name, cfg)
+        with pytest.raises(ConfigError, match="--run-name .*: a run name is"):
+            runs.start(f"s3://runs/raylane?endpoint_override=127.0.0.1:{free_port()}&scheme=http", name, cfg)
+    with pytest.raises(ConfigError, match="--resume '../outside': a run name is"):
+        runs.resume(str(storage), "../outside", None)
+    with pytest.raises(ConfigError, match="a run name is"):
+        runs.exists(str(storage), "../outside")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["outside", "storage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_resume_refuses_a_record_whose_name_is_not_its_folders(tmp_path) -> None:
+    """A run.json copied or edited to name another run would steer this run's later writes there."""
+    import json
+
+    storage = str(tmp_path)
+    runs.start(storage, "r", load_config(None))
+    path = tmp_path / "r" / runs.RECORD_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "run_name": "victim"}))
+    with pytest.raises(ConfigError, match=r"--resume 'r': .*run_name: the record says 'victim', "
+                                          r"its folder is 'r'"):
+        runs.resume(storage, "r", None)
+    assert not (tmp_path / "victim").exists()
+
+
+def _start_after_everyone_checked(storage: str, epochs: int, barrier, results) -> None:
+    """One of several processes starting run `same`: each passes the check that the name is new
+    before any of them creates the run, as two `raylane run --run-name same` can."""
+    checked = runs.check_new
+
+    def check_then_wait(*args: object) -> None:
+        checked(*args)
+        barrier.wait(timeout=120)
+
+    runs.check_new = check_then_wait
+    try:
+        runs.start(storage, "same", load_config(None, [f"train.epochs={epochs}"]))
+        results.put(("won", epochs))
+    except ConfigError as err:
+        results.put(("lost", str(err)))
+
+
+def test_of_runs_started_at_once_under_one_name_exactly_one_is_created(tmp_path) -> None:
+    import json
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_start_after_everyone_checked,
+                                 args=(str(tmp_path), epochs, barrier, results)) for epochs in range(1, 5)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=180) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    winners = [epochs for outcome, epochs in outcomes if outcome == "won"]
+    assert len(winners) == 1, outcomes
+    for outcome, said in outcomes:
+        assert outcome == "won" or ("'same'" in said and "taken by a concurrent start" in said), said
+    recorded = json.loads((tmp_path / "same" / runs.RECORD_FILE).read_text())
+    assert recorded["config"]["train"]["epochs"] == winners[0]
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == [runs.RECORD_FILE]  # no temp files

@@ -41,3 +41,30 @@ def enforce_schema(data: Any, schema: Any) -> Any:
     column otherwise. Wraps `mlflow.models.utils._enforce_schema`: the public
     `PyFuncModel.predict` applies it only on the way to predicting, one request at a time."""
     return private("mlflow.models.utils", "_enforce_schema")(data, schema)
+
+
+# MLflow's basic-auth app answers this route with the user it authenticated the request as; a
+# server without the app answers 404. `AuthServiceClient` does not wrap it (3.17.2).
+CURRENT_USER_ROUTE = "/api/2.0/mlflow/users/current"
+
+
+def authenticated_user(tracking_uri: str, timeout_s: float = 10.0) -> str | None:
+    """Returns the user the tracking server at `tracking_uri` authenticates this client as (MLflow's
+    basic-auth app, with MLflow's own credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or its
+    credentials file); None for a store that is not a server, a server without auth, or one that
+    refuses the credentials. Uses `mlflow.utils.credentials.get_default_host_creds` and
+    `mlflow.utils.rest_utils.http_request`, as MLflow's `AuthServiceClient` does."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(tracking_uri), CURRENT_USER_ROUTE, "GET",
+                                max_retries=0, timeout=timeout_s, raise_on_status=False)
+        if response.status_code != 200:
+            return None
+        username = response.json()["user"]["username"]
+    except Exception:  # not MLflow's auth app (a proxy's page), or the server went away
+        return None
+    return username if isinstance(username, str) and username else None

@@ -18,6 +18,7 @@ _NAMES = {
     "DEFAULT_TRACKING_URI": "store", "check_server": "store", "configure": "store",
     "configure_client": "store", "resolve_tracking_uri": "store",
     "log_dataset": "parent_run", "log_tune_results": "parent_run", "pipeline_run": "parent_run",
+    "check_resumed_run": "parent_run", "RUN_NAME_TAG": "parent_run",
     "TrialRunLogger": "trial_logger",
     "LoggedModel": "model_logging", "log_best_model": "model_logging",
 }

@@ -1,6 +1,7 @@
 """The pipeline's parent MLflow run: config, origin, dataset and search results, resumable.
 
-One logical run is one MLflow run: `--resume` reopens the same run instead of starting another.
+One logical run is one MLflow run: `--resume` reopens the same run instead of starting another,
+once `check_resumed_run` has found that the run's record in storage names that run.
 """
 
 from __future__ import annotations
@@ -9,15 +10,23 @@ import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
 
 from raylane import env
 from raylane.config import PipelineConfig, to_yaml
 from raylane.data import PreparedData
-from raylane.errors import TrackingError
+from raylane.errors import ConfigError, TrackingError
 from raylane.task import ALL_EPOCH_METRICS, EPOCH
+
+if TYPE_CHECKING:
+    from raylane.runs import RunRecord
+
+RUN_NAME_TAG = "raylane.run_name"
+"""The tag on a pipeline's parent MLflow run that names its raylane run."""
+# What MLflow answers for an id that names no run or no version (a malformed one included).
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 @contextlib.contextmanager
@@ -37,13 +46,65 @@ def pipeline_run(cfg: PipelineConfig, run_name: str, experiment_id: str,
             mlflow.set_tags({"raylane.resumes": resumes, **_origin_tags()})
             yield run
         return
-    tags = {"raylane.run_name": run_name, **_origin_tags()}
+    tags = {RUN_NAME_TAG: run_name, **_origin_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         # feature_columns can exceed MLflow's param length; data/schema.json holds them instead.
         exclude = {"tune": {"search_space"}, "data": {"feature_columns"}}
         mlflow.log_params(_flatten(cfg.model_dump(mode="json", exclude=exclude)))
         mlflow.log_text(to_yaml(cfg), "config/pipeline.yaml")
         yield run
+
+
+def check_resumed_run(record: RunRecord, tracking_uri: str, experiment_id: str, model_name: str) -> None:
+    """ConfigError naming the field, what the record says and what MLflow holds, unless the record
+    of the run to resume names its own MLflow run (one that exists, is tagged with the run's name
+    and belongs to `experiment_id`) and a version of `model_name` registered from that run.
+
+    Anyone who can write to shared storage can edit run.json; these ids decide which MLflow run a
+    resume logs to and which version it deploys without training."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    run_id, version = record.mlflow_run_id, record.registered_version
+
+    def refuse(field: str, found: str) -> NoReturn:
+        raise ConfigError(f"--resume {record.run_name!r}: its run.json does not match MLflow ({field}: the "
+                          f"record says {getattr(record, field)!r}, {found}); refusing to resume on it: "
+                          "restore the record, or start a new run")
+
+    if record.experiment_id is not None and str(record.experiment_id) != experiment_id:
+        refuse("experiment_id", f"the configured tracking.experiment's id is {experiment_id!r}")
+    if run_id is None:
+        if version is not None:
+            refuse("registered_version", "but it records no MLflow run to have registered it")
+        return
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(str(run_id))
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise TrackingError(f"--resume {record.run_name!r}: cannot read MLflow run {run_id} from "
+                                f"{tracking_uri}: {err}") from err
+        refuse("mlflow_run_id", f"no such MLflow run in {tracking_uri}")
+    if run.data.tags.get(RUN_NAME_TAG) != record.run_name:
+        refuse("mlflow_run_id", f"its {RUN_NAME_TAG} tag is {run.data.tags.get(RUN_NAME_TAG)!r}")
+    if run.info.experiment_id != experiment_id:
+        refuse("mlflow_run_id", f"it belongs to experiment {run.info.experiment_id!r}, not the configured "
+                                f"tracking.experiment's {experiment_id!r}")
+    if run.info.lifecycle_stage != "active":
+        refuse("mlflow_run_id", f"that MLflow run is {run.info.lifecycle_stage}")
+    if version is None:
+        return
+    try:
+        source = client.get_model_version(model_name, str(version)).run_id
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise TrackingError(f"--resume {record.run_name!r}: cannot read model {model_name!r} "
+                                f"v{version} from {tracking_uri}: {err}") from err
+        refuse("registered_version", f"model {model_name!r} has no such version")
+    if source != run_id:
+        refuse("registered_version", f"model {model_name!r} v{version} was registered from MLflow run "
+                                     f"{source}, not {run_id}")
 
 
 def _origin_tags() -> dict[str, str]:
