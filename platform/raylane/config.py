@@ -305,7 +305,8 @@ class AuthConfig(_Section):
     token_env: str | None = None
     """Environment variable (of the Ray processes) holding the accepted tokens, comma or space separated."""
     token_file: str | None = None
-    """File (on the nodes) with one accepted token per line; '#' starts a comment. Re-read while serving."""
+    """File (on the nodes) with one accepted token per line (16 characters or more); a line whose first
+    non-blank character is '#' is a comment. Re-read while serving."""
 
     @model_validator(mode="after")
     def _has_a_source(self) -> AuthConfig:
@@ -340,10 +341,36 @@ class ServingOptions(_Section):
     """Require `Authorization: Bearer <token>` on every route but health and docs; unset: open."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     """Largest request body accepted; bigger ones get 413."""
+    allowed_hosts: list[str] | None = None
+    """Host header values the endpoint answers (any port): names, addresses, networks (10.0.0.0/8),
+    domains with their subdomains (.svc.cluster.local) or '*'; others get 421, health routes
+    excepted. Unset: localhost and `serve.host` (with 127.0.0.1 and ::1 on loopback); bound to
+    0.0.0.0, also any IP address and this machine's host names."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Web origins (https://app.example) whose pages may call the endpoint (CORS), or ['*']; empty:
+    no CORS headers, so no page on another origin can read an answer."""
+    body_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Longest a request's body may take to arrive, from the request's start; slower ones get 408,
+    so clients trickling their bodies cannot hold a replica's `max_ongoing_requests` slots."""
     access_log: bool = False
     """Log one line per request in the replica logs (costs throughput; errors are always logged)."""
     replica_gpus: float = Field(default=0, ge=0)
     """GPUs each replica reserves (fractions share a GPU); the model then runs on its GPU."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, hosts: list[str] | None) -> list[str] | None:
+        import ipaddress
+
+        for host in hosts or []:
+            if not host.strip() or any(c.isspace() for c in host):
+                raise ValueError(f"{host!r} is not a host name, an address, a network or '*'")
+            if "/" in host:
+                try:
+                    ipaddress.ip_network(host, strict=False)
+                except ValueError:
+                    raise ValueError(f"{host!r} is not a network (like 10.0.0.0/8)") from None
+        return hosts
 
 
 class ServeConfig(ServingOptions):
@@ -358,6 +385,10 @@ class ServeConfig(ServingOptions):
     installed with raylane on Linux; 9-18x the Python proxy's throughput). 'python': Serve's Python
     proxy. 'auto': HAProxy on a local Ray where its binary is installed, else the Python proxy; on a
     cluster, whatever its nodes' Ray was started with (see README)."""
+    allow_control_headers: bool = False
+    """Let clients send Ray Serve's per-request control headers (x-request-timeout-seconds,
+    x-request-disconnect-disabled); false: the ingress removes them (a local Ray; a cluster's nodes
+    read RAYLANE_INGRESS_ALLOW_CONTROL_HEADERS when Ray starts)."""
 
 
 class PipelineConfig(_Section):

@@ -51,7 +51,9 @@ MLFLOW_TRACKING_URI = EnvVar(
     "(`serve_apps`: required there)", "raylane")
 RAYLANE_USER = EnvVar(
     "RAYLANE_USER", None, "who an alias move (`raylane promote`/`rollback`, the pipeline's champion "
-    "gate) is recorded as, in the model's `raylane.<alias>.history` tag; unset: the login name", "raylane")
+    "gate) is recorded as (`by`, marked `by_verified: false`) on a tracking store without auth; unset: "
+    "the login name. Where the server has auth, `by` is the MLflow user and this is kept as `claimed_by`",
+    "raylane")
 RAY_JOB_SUBMISSION_ID = EnvVar(
     "RAY_JOB_SUBMISSION_ID", None, "set by `ray job submit`: tagged on the MLflow parent run "
     "(`ray.submission_id`) so a run leads back to its job", "raylane")
@@ -137,6 +139,32 @@ SERVE_HAPROXY_BINARY_PATH = EnvVar(
     "/invocations routed straight to each model's replicas (raylane.serving.haproxy)",
     "Ray Serve's HAProxy manager (set before Ray starts)", shown="<python's bin>/raylane-haproxy")
 
+# raylane's limits where a request body first arrives (raylane.serving.ingress): Serve's Python
+# proxy reads a body into an unbounded queue before any replica takes the request.
+SERVE_HTTP_PROXY_CALLBACK = EnvVar(
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "raylane.serving.ingress:middlewares", "Serve runs "
+    "raylane's ingress limits (body size, body-read deadline, bodies held at once) in front of its "
+    "Python proxy and of each replica's HTTP server, so no ingress buffers a body without bound",
+    "Ray Serve's proxy and replicas (set before Ray starts)")
+INGRESS_MAX_BODY_BYTES = EnvVar(
+    "RAYLANE_INGRESS_MAX_BODY_BYTES", "1048576", "largest request body Serve's proxy, a replica's HTTP "
+    "server and HAProxy take in (413 above); a local Ray: the largest `serve.max_body_bytes`",
+    "raylane's ingress limits in Ray Serve's proxy and replicas, raylane-haproxy (set before Ray starts)")
+INGRESS_BODY_TIMEOUT_S = EnvVar(
+    "RAYLANE_INGRESS_BODY_TIMEOUT_S", "10", "longest a request body may take to arrive at the ingress "
+    "(408 after); a local Ray: `serve.body_timeout_s`",
+    "raylane's ingress limits in Ray Serve's proxy and replicas, raylane-haproxy (set before Ray starts)")
+INGRESS_BODY_BUDGET_BYTES = EnvVar(
+    "RAYLANE_INGRESS_BODY_BUDGET_BYTES", str(256 * 1_048_576), "request-body bytes one proxy or replica "
+    "holds for its requests in progress, all together (503 with Retry-After above)",
+    "raylane's ingress limits in Ray Serve's proxy and replicas (set before Ray starts)")
+INGRESS_ALLOW_CONTROL_HEADERS = EnvVar(
+    "RAYLANE_INGRESS_ALLOW_CONTROL_HEADERS", "0", "1: clients may send Ray Serve's per-request control "
+    "headers (x-request-timeout-seconds, x-request-disconnect-disabled); otherwise Serve's proxy, each "
+    "replica's HTTP server and HAProxy remove them (raylane.serving.control_headers); a local Ray: "
+    "`serve.allow_control_headers`",
+    "raylane's ingress middleware in Ray Serve's proxy and replicas, raylane-haproxy (set before Ray starts)")
+
 INPUTS = (RAY_ADDRESS, MLFLOW_TRACKING_URI, RAYLANE_USER, RAY_JOB_SUBMISSION_ID)
 TRAIN = (TRAIN_HEALTH_CHECK_INTERVAL_S, TRAIN_WORKER_GROUP_START_TIMEOUT_S, TUNE_FUNCTION_THREAD_TIMEOUT_S,
          TUNE_NEW_OUTPUT)
@@ -145,13 +173,29 @@ MLFLOW = (MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK, MLFLOW_ENABLE_ARTIFACTS_PROGRE
 HAPROXY = (SERVE_ENABLE_HA_PROXY, SERVE_THROUGHPUT_OPTIMIZED, SERVE_DRAINING_PERIOD_S,
            SERVE_HAPROXY_RETRY_ON, SERVE_HAPROXY_TUNE_BUFSIZE, SERVE_HAPROXY_RETRIES,
            SERVE_HAPROXY_BINARY_PATH)
-ALL = INPUTS + TRAIN + MLFLOW + HAPROXY
+INGRESS = (SERVE_HTTP_PROXY_CALLBACK, INGRESS_MAX_BODY_BYTES, INGRESS_BODY_TIMEOUT_S,
+           INGRESS_BODY_BUDGET_BYTES, INGRESS_ALLOW_CONTROL_HEADERS)
+ALL = INPUTS + TRAIN + MLFLOW + HAPROXY + INGRESS
 
 
 def run_settings(cfg: PipelineConfig, *, local: bool) -> tuple[EnvVar, ...]:
     """Returns the settings a run applies: Train's and Tune's, MLflow's, and HAProxy's for a local
     Ray that serves through HAProxy (a cluster's Ray read those when its nodes started)."""
-    return TRAIN + MLFLOW + (HAPROXY if local and serves_through_haproxy(cfg) else ())
+    haproxy = HAPROXY if local and serves_through_haproxy(cfg) else ()
+    return TRAIN + MLFLOW + haproxy + (ingress_settings(cfg) if local and cfg.serve.enabled else ())
+
+
+def ingress_settings(cfg: PipelineConfig) -> tuple[EnvVar, ...]:
+    """The ingress limits for a local Ray serving `cfg`: its `serve.max_body_bytes` and
+    `serve.body_timeout_s` (one model per local Ray), and its `serve.allow_control_headers`."""
+    import dataclasses
+
+    return (SERVE_HTTP_PROXY_CALLBACK,
+            dataclasses.replace(INGRESS_MAX_BODY_BYTES, default=str(cfg.serve.max_body_bytes)),
+            dataclasses.replace(INGRESS_BODY_TIMEOUT_S, default=f"{cfg.serve.body_timeout_s:g}"),
+            INGRESS_BODY_BUDGET_BYTES,
+            dataclasses.replace(INGRESS_ALLOW_CONTROL_HEADERS,
+                                default="1" if cfg.serve.allow_control_headers else "0"))
 
 
 def serves_through_haproxy(cfg: PipelineConfig) -> bool:

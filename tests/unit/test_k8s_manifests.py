@@ -347,6 +347,7 @@ def test_serve_app_is_champion_yaml_with_only_the_pod_differences(rendered, monk
         assert {**app, "args": None} == {**reference, "args": None}
         args = dict(app["args"])
         auth = args.pop("auth")
+        args.pop("allowed_hosts")  # the Service's names, where serve_apps/champion.yaml runs on a host
         assert args == {k: v for k, v in reference["args"].items() if k != "tracking_uri"}
         assert set(auth) == {"token_file"}
     # In the pods the registry comes from the raylane-mlflow Secret, as MLFLOW_TRACKING_URI.
@@ -391,13 +392,13 @@ def test_a_rotated_secret_volume_reaches_the_endpoint_without_a_restart(rendered
         if not (mount / key).is_symlink():
             (mount / key).symlink_to(f"..data/{key}")
 
-    publish("..2026_12_03_10_00_00.1", "old-token\n")
+    publish("..2026_12_03_10_00_00.1", "old-token-0123456789\n")
     auth = TokenAuth(AuthConfig(token_file=str(mount / key)))
-    assert auth.check("Bearer old-token") is None
-    publish("..2026_12_03_11_00_00.2", "# rotated\nnew-token\n")
+    assert auth.check("Bearer old-token-0123456789") is None
+    publish("..2026_12_03_11_00_00.2", "# rotated\nnew-token-0123456789\n")
     auth.reload()  # what each replica does every serve.poll_interval_s
-    assert auth.check("Bearer new-token") is None
-    assert auth.check("Bearer old-token") == "invalid bearer token"
+    assert auth.check("Bearer new-token-0123456789") is None
+    assert auth.check("Bearer old-token-0123456789") == "invalid bearer token"
 
 
 def test_every_secret_the_pods_read_is_one_deploy_k8s_secrets_makes(rendered) -> None:

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tokens_from_env_and_file_any_accepted(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TEST_TOKENS", "alpha-token, beta-token")
+    monkeypatch.setenv("TEST_TOKENS", "alpha-token-0123456789, beta-token-0123456789")
     path = tmp_path / "tokens"
-    path.write_text("# comment\ngamma-token\n\n")
+    path.write_text("# comment\ngamma-token-0123456789\n\n")
     auth = TokenAuth(AuthConfig(token_env="TEST_TOKENS", token_file=str(path)))
-    for token in ("alpha-token", "beta-token", "gamma-token"):
+    for token in ("alpha-token-0123456789", "beta-token-0123456789", "gamma-token-0123456789"):
         assert auth.check(f"Bearer {token}") is None
     assert auth.check("Bearer delta") == "invalid bearer token"
     assert "missing" in auth.check(None)

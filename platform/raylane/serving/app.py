@@ -16,7 +16,10 @@ routes one image as the body (Content-Type image/png or image/jpeg).
 # route methods, or it takes the request model for a query parameter.
 import asyncio
 import json
+import logging
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,11 +36,12 @@ from raylane import env, serving
 from raylane._compat.starlette import route_path
 from raylane._compat.uvicorn import install_one_write_responses
 from raylane.errors import ModelNotFoundError
-from raylane.serving import openapi, routes
+from raylane.serving import browsers, openapi, routes
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
 from raylane.serving.errors import (
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     UnprocessableEntity,
     UnsupportedMediaType,
     describe_validation,
@@ -47,7 +51,7 @@ from raylane.serving.metrics import ServingMetrics, protocol_of
 from raylane.serving.model import LoadedModel, ServeArgs
 from raylane.serving.protocols.images import image_frame, raw_image, v1_images
 from raylane.serving.protocols.invocations import invocations_response, parse_invocations
-from raylane.serving.protocols.rows import check_computable, encode_rows
+from raylane.serving.protocols.rows import check_computable, encode_rows, refuse_out_of_range
 from raylane.serving.protocols.v1 import (
     V1ImagePredictRequest,
     V1PredictRequest,
@@ -66,6 +70,13 @@ from raylane.serving.protocols.v2 import (
 from raylane.serving.rollout import ModelSlot
 
 VERSION_HEADER = "X-Model-Version"
+PARSE_ON_LOOP_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the replica's event loop (a few ms at most). Bigger ones
+are parsed in a worker thread, one at a time per replica, so a heavy body never holds up the
+health checks and small requests the loop is answering meanwhile."""
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""How long a replica's parsing thread keeps the GIL while the event loop waits for it (Python's
+default, 5 ms, makes each step of a request the loop answers meanwhile wait that long)."""
 IMAGE_DECODES_AT_ONCE = 2
 """Requests whose images a replica decodes at the same time; the others wait their turn. With each
 image held to `request_pixel_limit`, this bounds a replica's decoding memory whatever the load."""
@@ -76,6 +87,7 @@ image held to `request_pixel_limit`, this bounds a replica's decoding memory wha
 STATUS: dict[type[Exception], int] = {
     InvalidInput: 400,
     ModelNotFoundError: 404,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     UnprocessableEntity: 422,
@@ -112,6 +124,19 @@ app = FastAPI(
 )
 
 
+def first_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name, the first of each repeated one (as Starlette's
+    `request.headers.get` and most gateways read them: a second Authorization changes nothing)."""
+    headers: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
+def _replica_server() -> "ModelServer | None":
+    return serving.REPLICA.get("server")
+
+
 class ServingMiddleware:
     """Auth, body limit, metrics and the version header, as plain ASGI (no per-request task)."""
 
@@ -134,7 +159,7 @@ class ServingMiddleware:
             scope["raw_path"] = scope["path"].encode()
         path, start = route_path(scope), time.perf_counter()  # without a route prefix
         answering = serving.ANSWERING.set(None)
-        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
+        headers = first_headers(scope)
         if path == "/openapi.json":  # FastAPI's document, completed with what the model knows
             await JSONResponse(server.openapi_schema())(scope, receive, send)
             return
@@ -153,23 +178,29 @@ class ServingMiddleware:
             await send(message)
 
         try:
-            refusal = self._refuse(server, path, headers)
+            refusal = self._refuse(server, path, headers, scope["method"])
             if refusal is not None:
                 await refusal(scope, receive, send_with_version)
                 return
-            await self.app(scope, self._limited(receive, server.args.max_body_bytes), send_with_version)
+            limited = self._limited(receive, server.args.max_body_bytes, server.args.body_timeout_s)
+            await self.app(scope, limited, send_with_version)
         finally:
             serving.ANSWERING.reset(answering)
             server.metrics.request(status_seen["version"], protocol_of(path), status_seen["status"],
                                    time.perf_counter() - start)
 
     @staticmethod
-    def _refuse(server: "ModelServer", path: str, headers: dict[str, str]) -> Response | None:
+    def _refuse(server: "ModelServer", path: str, headers: dict[str, str], method: str) -> Response | None:
         if server.auth is not None and path not in OPEN_PATHS:
             reason = server.auth.check(headers.get("authorization"))
             if reason is not None:
                 challenge = CHALLENGE + (', error="invalid_token"' if "authorization" in headers else "")
                 return _json_error(401, reason, {"WWW-Authenticate": challenge})
+        binary, image = BINARY_HEADER.lower() in headers, server.slot.champion.is_image
+        unaccepted = method == "POST" and browsers.refused_media_type(path, headers.get("content-type"),
+                                                                      binary, image)
+        if unaccepted:
+            return error_response(UnsupportedMediaType(unaccepted), path)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > server.args.max_body_bytes:
             return error_response(PayloadTooLarge(f"request body of {length} bytes is over the limit of "
@@ -178,23 +209,35 @@ class ServingMiddleware:
         return None
 
     @staticmethod
-    def _limited(receive: Receive, limit: int) -> Receive:
-        seen = 0
+    def _limited(receive: Receive, limit: int, timeout_s: float) -> Receive:
+        """`receive`, refusing a body over `limit` bytes (413) or not complete `timeout_s` after the
+        request reached the replica (408): a client sending its body a byte at a time holds one of
+        the replica's `max_ongoing_requests` slots only that long."""
+        seen, done, deadline = 0, False, asyncio.get_running_loop().time() + timeout_s
 
         async def receive_limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # after the body: waiting for a disconnect, no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(f"request body not received within {timeout_s:g} s "
+                                     "(serve.body_timeout_s)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise PayloadTooLarge(f"request body is over the limit of {limit} bytes "
                                           "(serve.max_body_bytes)")
+                done = not message.get("more_body", False)
             return message
 
         return receive_limited
 
 
 app.add_middleware(ServingMiddleware)
+app.add_middleware(browsers.BrowserGuard, server=_replica_server)  # outermost: before auth
 
 
 @app.exception_handler(RequestValidationError)
@@ -226,6 +269,7 @@ def _v1_request(body: bytes, content_type: str | None, request_type: type[BaseMo
     value: Any = body
     mime = (content_type or "application/json").partition(";")[0].strip().lower()
     if mime.startswith("application/") and (mime == "application/json" or mime.endswith("+json")):
+        refuse_out_of_range(body)  # an int no float holds would pass the schema, then fail as a 500
         try:
             value = json.loads(body)
         except json.JSONDecodeError as err:
@@ -238,6 +282,20 @@ def _v1_request(body: bytes, content_type: str | None, request_type: type[BaseMo
     except ValidationError as err:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()],
                                      body=value) from None
+
+
+def _v1_rows(instances: list[Any], model: LoadedModel) -> np.ndarray | pd.DataFrame:
+    """The V1 instances as the model's rows (images, a typed model's raw columns, or numbers)."""
+    if model.is_image:
+        return v1_images(instances, model)
+    return (rows_to_matrix(instances, model.feature_columns) if model.numeric_only
+            else rows_to_frame(instances, model.feature_columns))
+
+
+def _v2_rows(body: bytes, json_length: str | None, model: LoadedModel
+             ) -> tuple[V2InferRequest, np.ndarray | pd.DataFrame]:
+    infer_request, binary = parse_v2(body, json_length)
+    return infer_request, v2_matrix(infer_request, binary, model)
 
 
 def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = None) -> Response:
@@ -256,6 +314,8 @@ class ModelServer:
         if args.proxy == "haproxy" or env.SERVE_ENABLE_HA_PROXY.value() == "1":
             install_one_write_responses()  # see raylane._compat.uvicorn
         self.args = args
+        if args.allowed_hosts is None:
+            browsers.machine_names()  # the default allow-list's lookup, now rather than in a request
         self.metrics = ServingMetrics(args.model_name)
         self.slot = ModelSlot(args, on_load=lambda m: self.metrics.loaded(m.version, m.load_seconds))
         self.auth = TokenAuth(args.auth) if args.auth else None
@@ -265,6 +325,8 @@ class ModelServer:
             self.slot.follow(also=self.auth.reload if self.auth else None)
         self._openapi: tuple[str, dict[str, Any]] | None = None
         self._decoding = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
+        self._parsing = asyncio.Semaphore(1)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         serving.REPLICA["server"] = self
 
     # --- model calls ----------------------------------------------------------------------------------
@@ -286,6 +348,15 @@ class ModelServer:
                 results[i], offset = probabilities[offset:offset + n], offset + n
         return results  # type: ignore[return-value]
 
+    async def _parsed(self, size: int, parse: Callable[..., Any], *args: Any) -> Any:
+        """`parse(*args)`: on the event loop for a body of at most PARSE_ON_LOOP_BYTES, else in a
+        worker thread, one at a time (a parse is mostly Python: parallel ones would only take turns
+        at the GIL, and each one more slows the loop's turn)."""
+        if size <= PARSE_ON_LOOP_BYTES:
+            return parse(*args)
+        async with self._parsing:
+            return await asyncio.to_thread(parse, *args)
+
     async def _probabilities(self, model: LoadedModel, rows: np.ndarray | pd.DataFrame,
                              field: str = "inputs") -> np.ndarray:
         if isinstance(rows, pd.DataFrame) and model.is_image:  # decoding: off the event loop, bounded
@@ -293,7 +364,8 @@ class ModelServer:
                 encoded = await asyncio.to_thread(encode_rows, model, rows, field)
             probabilities = await self._predict_batch((model, encoded, True))
         elif isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
-            probabilities = await self._predict_batch((model, encode_rows(model, rows, field), True))
+            encoded = await self._parsed(rows.size * 8, encode_rows, model, rows, field)  # ~8 bytes a value
+            probabilities = await self._predict_batch((model, encoded, True))
         else:
             probabilities = await self._predict_batch((model, rows, False))
         check_computable(probabilities)
@@ -309,15 +381,12 @@ class ModelServer:
         image = raw_image(content_type, body) if self.slot.champion.is_image else None
         if image is None:  # validated before the model is looked up, as FastAPI validates a body
             request_type = V1ImagePredictRequest if self.slot.champion.is_image else V1PredictRequest
-            request = _v1_request(body, content_type, request_type)
+            request = await self._parsed(len(body), _v1_request, body, content_type, request_type)
         model = self._pick(name)
         if image is not None:
             request, rows = V1ImagePredictRequest(instances=[image]), image_frame(model, [image])
-        elif model.is_image:
-            rows = v1_images(request.instances, model)
         else:
-            rows = (rows_to_matrix(request.instances, model.feature_columns) if model.numeric_only
-                    else rows_to_frame(request.instances, model.feature_columns))
+            rows = await self._parsed(len(body), _v1_rows, request.instances, model)
         if request.return_probabilities and model.regression:
             raise InvalidInput("return_probabilities: this is a regression model; it predicts values")
         probabilities = await self._probabilities(model, rows, "instances")
@@ -353,8 +422,8 @@ class ModelServer:
             tensor = V2Tensor(name=model.feature_columns[0], shape=[1], datatype="BYTES")
             infer_request, rows = V2InferRequest(inputs=[tensor]), image_frame(model, [image])
         else:
-            infer_request, binary = parse_v2(body, request.headers.get(BINARY_HEADER))
-            rows = v2_matrix(infer_request, binary, model)
+            infer_request, rows = await self._parsed(len(body), _v2_rows, body,
+                                                     request.headers.get(BINARY_HEADER), model)
         probabilities = await self._probabilities(model, rows)
         content, headers = v2_response(infer_request, model, probabilities)
         return _answer(content, model, headers)
@@ -397,7 +466,9 @@ class ModelServer:
     async def invocations(self, request: Request) -> Response:
         """Drop-in for `mlflow models serve`: same request formats, same `{"predictions": ...}`."""
         model = self._pick(self.args.model_name)
-        rows, params = parse_invocations(await request.body(), request.headers.get("content-type"), model)
+        body = await request.body()
+        rows, params = await self._parsed(len(body), parse_invocations, body,
+                                          request.headers.get("content-type"), model)
         if not len(rows):  # an empty frame: MLflow answers with empty predictions
             return _answer(b'{"predictions":[]}', model)
         probabilities = await self._probabilities(model, rows, "input")
@@ -427,7 +498,7 @@ class ModelServer:
                  "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
                  "root_path": "", "headers": headers, "client": None, "server": None, "state": {}}
         sent = False
-        answer: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+        answer: dict[str, Any] = {"status": 500, "headers": [], "body": [], "started": False}
 
         async def receive() -> Message:
             nonlocal sent
@@ -439,10 +510,18 @@ class ModelServer:
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 answer["status"], answer["headers"] = message["status"], message.get("headers", [])
+                answer["started"] = True
             elif message["type"] == "http.response.body":
                 answer["body"].append(message.get("body", b""))
 
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # Starlette answers an unhandled error with 500, then raises it again for the server to
+            # log: the gateway passes that 500 on (logged here), not a 503 "try again".
+            if not answer["started"]:
+                raise
+            logging.getLogger("ray.serve").exception("raylane: %s %s failed", method, path)
         return answer["status"], list(answer["headers"]), b"".join(answer["body"])
 
     def describe(self) -> dict[str, Any]:

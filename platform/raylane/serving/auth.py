@@ -20,28 +20,56 @@ from raylane.errors import ConfigError
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/ping", "/health", "/-/healthz",
                         "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 CHALLENGE = 'Bearer realm="raylane"'
+MIN_TOKEN_CHARS = 16
+"""Shorter tokens are refused when loaded: a guessable token is no auth."""
 log = logging.getLogger("ray.serve")
 
 
 def read_tokens(cfg: AuthConfig) -> list[str]:
-    """Returns the accepted tokens; ConfigError naming the source when there are none."""
+    """Returns the accepted tokens; ConfigError naming the source when there are none, or naming
+    where a token shorter than MIN_TOKEN_CHARS is (never the token)."""
     tokens: list[str] = []
     if cfg.token_env:
-        tokens += [t for t in re.split(r"[\s,]+", env.configured(cfg.token_env)) if t]
+        listed = [t for t in re.split(r"[\s,]+", env.configured(cfg.token_env)) if t]
+        for position, token in enumerate(listed, 1):
+            _check_length(token, f"serve.auth.token_env: token {position} of ${cfg.token_env}")
+        tokens += listed
     if cfg.token_file:
         try:
             with open(cfg.token_file, encoding="utf-8") as f:
-                lines = [line.split("#", 1)[0].strip() for line in f]
+                lines = [line.strip() for line in f]
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"serve.auth.token_file: cannot read {cfg.token_file!r}: {reason}") from err
-        tokens += [line for line in lines if line]
+        for number, line in enumerate(lines, 1):
+            if line and not line.startswith("#"):  # a comment is a whole line: '#' may be in a token
+                where = f"serve.auth.token_file: the token at {cfg.token_file}:{number}"
+                if any(c.isspace() for c in line):  # `token # laptop`: once a comment, now never a match
+                    raise ConfigError(f"{where} holds a space; one token per line, and a comment is a "
+                                      "line of its own starting with '#'")
+                _check_length(line, where)
+                tokens.append(line)
     if not tokens:
         sources = " or ".join(filter(None, [cfg.token_env and f"${cfg.token_env}",
                                             cfg.token_file and repr(cfg.token_file)]))
         raise ConfigError(f"serve.auth is on but {sources} holds no token; the endpoint would "
                           "refuse every request (set a token, or remove serve.auth)")
     return tokens
+
+
+def _check_length(token: str, where: str) -> None:
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{where} is shorter than {MIN_TOKEN_CHARS} characters; use a long random "
+                          "token (e.g. `openssl rand -hex 32`)")
+
+
+def _token_bytes(token: str) -> bytes:
+    """The bytes a client sent: ASGI servers hand header values over decoded as latin-1, so a
+    UTF-8 token in the header comes back as its UTF-8 bytes (a str that is not latin-1: UTF-8)."""
+    try:
+        return token.encode("latin-1")
+    except UnicodeEncodeError:
+        return token.encode("utf-8")
 
 
 class TokenAuth:
@@ -67,11 +95,11 @@ class TokenAuth:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return "the Authorization header must be 'Bearer <token>'"
-        presented = hashlib.sha256(token.strip().encode()).digest()
+        presented = hashlib.sha256(_token_bytes(token.strip())).digest()
         valid = False
         for digest in self._digests:  # no early exit: the time taken does not say which one matched
             valid |= hmac.compare_digest(presented, digest)
         return None if valid else "invalid bearer token"
 
     def _load(self) -> list[bytes]:
-        return [hashlib.sha256(t.encode()).digest() for t in read_tokens(self.cfg)]
+        return [hashlib.sha256(t.encode("utf-8")).digest() for t in read_tokens(self.cfg)]

@@ -24,9 +24,20 @@ def serve_args(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str, ve
     """The Serve application's arguments for the pipeline's serve section; `version` is the alias's
     version now, pinned when the endpoint does not follow the alias (so later replicas serve it too)."""
     options = serve_cfg.model_dump(include=set(ServingOptions.model_fields))
+    options["allowed_hosts"] = allowed_hosts(serve_cfg)
     return ServeArgs(model_name=model.name, alias=model.champion_alias, tracking_uri=tracking_uri,
                      version=None if serve_cfg.follow_alias else version, proxy=serve_cfg.proxy,
                      **options)
+
+
+def allowed_hosts(serve_cfg: ServeConfig) -> list[str] | None:
+    """`serve.allowed_hosts`, or unset, the default for the address Serve binds (`serve.host`)."""
+    from raylane.serving.browsers import EVERY_INTERFACE, default_allowed_hosts
+
+    given = serve_cfg.allowed_hosts
+    if given is None and serve_cfg.host in EVERY_INTERFACE:
+        return None  # each replica answers to its own node's names (browsers.default_allowed_hosts)
+    return given if given is not None else default_allowed_hosts(serve_cfg.host)
 
 
 def deploy(serve_cfg: ServeConfig, model: ModelConfig, tracking_uri: str) -> str:
@@ -60,11 +71,13 @@ def _gateway_args(serve_cfg: ServeConfig, running: dict | None) -> GatewayArgs:
     """The gateway's arguments after deploying `serve_cfg`'s model beside a running gateway: a
     deploy never weakens it. Its auth stays on once on (a model deployed without auth does not
     open the repository index), and its body limit is the largest any model took (each model
-    still holds requests to its own)."""
+    still holds requests to its own). Its Host allow-list and CORS origins are this deploy's, as
+    Serve's host is endpoint-wide."""
     from raylane.serving.gateway import GatewayArgs
 
     new = GatewayArgs(auth=serve_cfg.auth, max_body_bytes=serve_cfg.max_body_bytes,
-                      access_log=serve_cfg.access_log)
+                      allowed_hosts=allowed_hosts(serve_cfg), cors_origins=serve_cfg.cors_origins,
+                      body_timeout_s=serve_cfg.body_timeout_s, access_log=serve_cfg.access_log)
     if not running or "gateway" not in running:
         return new
     old = GatewayArgs.model_validate(running["gateway"])
@@ -72,7 +85,8 @@ def _gateway_args(serve_cfg: ServeConfig, running: dict | None) -> GatewayArgs:
         log.warning("the endpoint's gateway keeps the auth it runs with (serve.auth of this deploy: "
                     f"{'off' if new.auth is None else 'different'}); each model checks its own tokens")
     return GatewayArgs(auth=old.auth or new.auth, max_body_bytes=max(old.max_body_bytes, new.max_body_bytes),
-                       access_log=new.access_log)
+                       body_timeout_s=max(old.body_timeout_s, new.body_timeout_s), access_log=new.access_log,
+                       allowed_hosts=new.allowed_hosts, cors_origins=new.cors_origins)
 
 
 def served_models() -> list[str]:

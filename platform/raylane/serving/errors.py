@@ -34,7 +34,11 @@ class UnprocessableEntity(RequestError):
 
 
 class UnsupportedMediaType(RequestError):
-    """A content type or charset `/invocations` does not take (415)."""
+    """A content type an inference route does not take, or a charset `/invocations` does not (415)."""
+
+
+class RequestTimeout(RequestError):
+    """A request body not received within `serve.body_timeout_s` of the request's start (408)."""
 
 
 class PayloadTooLarge(RequestError):

@@ -26,10 +26,12 @@ from pydantic import Field
 from ray import serve
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raylane import serving
 from raylane._compat.starlette import route_path
 from raylane.config import AuthConfig, _Section
 from raylane.serving import routes
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
+from raylane.serving.browsers import BrowserGuard, machine_names
 
 MODELS_TTL_S = 1.0
 """How long the gateway reuses its list of served models (read from Serve's controller)."""
@@ -43,6 +45,10 @@ class GatewayArgs(_Section):
     auth: AuthConfig | None = None
     """Bearer tokens for the gateway's own routes (the models check theirs on what is passed on)."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    allowed_hosts: list[str] | None = None
+    """The Host names answered (serve.allowed_hosts, resolved by the deploy); unset: see browsers."""
+    cors_origins: list[str] = Field(default_factory=list)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     access_log: bool = False
 
 
@@ -72,6 +78,12 @@ def _too_large(message: str, path: str) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=413)
 
 
+def _timed_out(message: str, path: str) -> JSONResponse:
+    """408 in the protocol's shape, as the model's own app answers a body that arrives too slowly."""
+    extra = {"error_code": "BAD_REQUEST", "message": message} if path == "/invocations" else {}
+    return JSONResponse({"error": message, **extra}, status_code=408)
+
+
 def _not_served(name: str, models: dict[str, str] | None) -> JSONResponse:
     """404 for a model not served; the models that are, unless `models` is None (not to be told)."""
     served = "" if models is None else f"; served: {', '.join(sorted(models)) or 'none'}"
@@ -81,8 +93,9 @@ def _not_served(name: str, models: dict[str, str] | None) -> JSONResponse:
 gateway = FastAPI(title="raylane inference", docs_url=None, redoc_url=None, openapi_url=None,
                   description="The models served on this endpoint; each model's own routes are "
                               "documented at /docs?model=NAME.")
-GATEWAY: dict = {}
-"""The replica's Gateway, for the middleware (as raylane.serving.REPLICA for a model's replica)."""
+# The replica's Gateway, for the middleware: in raylane.serving.REPLICA["gateway"], not in a dict
+# of this module. Serve runs the class pickled by value (this module's `Gateway` is the Deployment,
+# not the class), so a dict here written by __init__ would be a copy the middleware never sees.
 
 
 class GatewayAuth:
@@ -93,14 +106,14 @@ class GatewayAuth:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = GATEWAY.get("server")
+        server = serving.REPLICA.get("gateway")
         path = route_path(scope) if scope["type"] == "http" else ""
         if scope["type"] != "http" or server is None or server.auth is None or _passed_on(path) \
                 or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
-        reason = server.auth.check(headers.get("authorization"))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        reason = server.auth.check(headers.get("authorization"))  # the first one, as Starlette reads it
         if reason is None:
             await self.app(scope, receive, send)
             return
@@ -112,7 +125,12 @@ def _passed_on(path: str) -> bool:
     return path.startswith("/v1/models/") or path == "/invocations"
 
 
+def _gateway_server() -> "Gateway | None":
+    return serving.REPLICA.get("gateway")
+
+
 gateway.add_middleware(GatewayAuth)
+gateway.add_middleware(BrowserGuard, server=_gateway_server)  # outermost: the Host before auth
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -120,10 +138,12 @@ gateway.add_middleware(GatewayAuth)
 class Gateway:
     def __init__(self, args: GatewayArgs) -> None:
         self.args = args
+        if args.allowed_hosts is None:
+            machine_names()  # the default allow-list's lookup, now rather than in a request
         self.auth = TokenAuth(args.auth) if args.auth else None
         self._models: tuple[float, dict[str, str]] = (0.0, {})
         self._handles: dict[str, Any] = {}
-        GATEWAY["server"] = self
+        serving.REPLICA["gateway"] = self
 
     # --- what is served here ------------------------------------------------------------------------
     async def models(self) -> dict[str, str]:
@@ -172,11 +192,16 @@ class Gateway:
             return _too_large(f"request body of {length} bytes is over the limit of {limit} "
                               "(serve.max_body_bytes)", request.scope["path"])
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return _too_large(f"request body is over the limit of {limit} bytes (serve.max_body_bytes)",
-                                  request.scope["path"])
+        try:
+            async with asyncio.timeout(self.args.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        return _too_large(f"request body is over the limit of {limit} bytes "
+                                          "(serve.max_body_bytes)", request.scope["path"])
+        except TimeoutError:
+            return _timed_out(f"request body not received within {self.args.body_timeout_s:g} s "
+                              "(serve.body_timeout_s)", request.scope["path"])
         try:
             handle = await self._handle(name)
             status, headers, content = await handle.forward.remote(

@@ -17,6 +17,10 @@ Ray; a cluster sets it where its nodes start Ray), each start reads a copy of Ra
    (`/v2/models/<name>/_/v1/...`), and the model's app moves them back. Without this, those
    requests still work, through raylane's gateway application at `/`, one Ray call slower.
 
+Also, first thing in the frontend, Serve's per-request control headers (a client's own request
+timeout, or its request kept running after it disconnects) are removed, unless
+RAYLANE_INGRESS_ALLOW_CONTROL_HEADERS=1 (raylane.serving.control_headers).
+
 A config of another shape (a Ray release that renamed what this looks for) is passed on unchanged,
 so HAProxy always starts; `tests/serving/test_haproxy.py` checks both changes against the Ray
 version in use.
@@ -31,7 +35,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from raylane.serving import routes
+from raylane import env
+from raylane.serving import control_headers, routes
 
 _BIND_ANY = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|)(:\d+)(\s*)$", re.MULTILINE)
 _STATS_BIND = re.compile(r"^(listen stats\n\s*bind\s+)\S*(:\d+)", re.MULTILINE)
@@ -44,12 +49,66 @@ _USE_BACKEND = re.compile(r"^\s*use_backend ", re.MULTILINE)
 
 def rewrite(config: str) -> str:
     """Returns Ray's HAProxy config with raylane's changes (see the module docstring)."""
-    config = _bind_to_frontend_host(config)
     # The stats page has no auth: loopback whatever the endpoint's host; HAProxy's admin socket
     # (Ray's runs as the same user) is not for every local user.
-    config = _STATS_BIND.sub(lambda m: f"{m.group(1)}127.0.0.1{m.group(2)}", config)
-    config = _ADMIN_SOCKET.sub(lambda m: f"{m.group(1)}600", config)
-    return _model_routes(config)
+    steps = [_bind_to_frontend_host,
+             lambda c: _STATS_BIND.sub(lambda m: f"{m.group(1)}127.0.0.1{m.group(2)}", c),
+             lambda c: _ADMIN_SOCKET.sub(lambda m: f"{m.group(1)}600", c),
+             _body_limits, _strip_control_headers, _model_routes]
+    for step in steps:  # one step failing (a bad setting) leaves the others in force
+        try:
+            config = step(config)
+        except Exception as err:
+            name = getattr(step, "__name__", "rewrite").strip("_<>")
+            sys.stderr.write(f"raylane-haproxy: {name} left out ({type(err).__name__}: {err})\n")
+    return config
+
+
+def _positive(var: env.EnvVar, kind: type) -> float:
+    raw = var.get() or ""
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{var.name}={raw!r}: expected a positive {kind.__name__}")
+    return value
+
+
+def _strip_control_headers(config: str) -> str:
+    """Serve's per-request control headers removed from every request (raylane.serving.control_headers),
+    first thing in the frontend, unless RAYLANE_INGRESS_ALLOW_CONTROL_HEADERS=1."""
+    frontend = _FRONTEND_BIND.search(config)
+    if frontend is None or control_headers.allowed():
+        return config
+    rules = [f"    http-request del-header {name}" for name in control_headers.CONTROL_HEADERS]
+    return config[:frontend.end()] + "\n" + "\n".join(rules) + config[frontend.end():]
+
+
+def _body_limits(config: str) -> str:
+    """A body over the ingress limit is refused from its Content-Length (413), and the request, body
+    included up to HAProxy's buffer (`option http-buffer-request`), must arrive within the body
+    timeout (408): a slow client is held in HAProxy's buffer, not in a replica's slot. Both as JSON,
+    like the replicas' own refusals; the values are the ingress settings (raylane.env)."""
+    frontend = _FRONTEND_BIND.search(config)
+    if frontend is None:
+        return config
+    limit = _positive(env.INGRESS_MAX_BODY_BYTES, int)
+    timeout = _positive(env.INGRESS_BODY_TIMEOUT_S, float)
+    indent = "    "
+    too_large = (f'{{"error": "request body is over the limit of {limit} bytes '
+                 f'({env.INGRESS_MAX_BODY_BYTES.name}, serve.max_body_bytes)"}}')
+    too_slow = (f'{{"error": "request not received within {timeout:g} s '
+                f'({env.INGRESS_BODY_TIMEOUT_S.name}, serve.body_timeout_s)"}}')
+    # The body is waited for before a server is picked (up to HAProxy's buffer), whatever the retry
+    # settings carry (raylane.env.SERVE_HAPROXY_RETRY_ON).
+    lines = [f"{indent}option http-buffer-request",
+             f"{indent}timeout http-request {max(1, round(timeout * 1000))}ms",
+             f"{indent}http-error status 408 content-type application/json string '{too_slow}'",
+             f"{indent}http-request deny deny_status 413 content-type application/json string '{too_large}' "
+             f"if {{ req.hdr_val(content-length) gt {limit} }}"]
+    at = frontend.end()
+    return config[:at] + "\n" + "\n".join(lines) + config[at:]
 
 
 def _bind_to_frontend_host(config: str) -> str:

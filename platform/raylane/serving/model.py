@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from raylane import env
 from raylane.config import ServingOptions
@@ -34,15 +34,41 @@ def request_pixel_limit(image_shape: tuple[int, int, int]) -> int:
     return max(MIN_REQUEST_PIXELS, REQUEST_PIXELS_PER_INPUT_PIXEL * height * width)
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""A registered model's name, as the pipeline config takes it (`model.name`)."""
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
+"""A registry alias as MLflow allows one: letters, digits, '_' and '-' (and not 'latest' or 'v<n>',
+which MLflow reserves)."""
+
+
+def _version_digits(value: Any) -> Any:
+    """A version given as a YAML or JSON integer is the same version; a bool is not one."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _not_reserved(alias: str) -> str:
+    if alias.lower() == "latest":
+        raise ValueError("'latest' is reserved by MLflow for the newest version, which moves; pin one "
+                         "with version=<n>")
+    if alias[:1] in "vV" and alias[1:].isdigit():
+        raise ValueError(f"{alias!r} is reserved by MLflow for version {alias[1:]}; set version={alias[1:]}")
+    return alias
+
+
+Version = Annotated[str, BeforeValidator(_version_digits), Field(pattern=r"^[1-9][0-9]{0,17}$")]
+"""A registry version number: digits (3 or '3'), never 'latest' or an alias."""
+
+
 class ServeArgs(ServingOptions):
     """Arguments of the Serve application (`serve run serve_apps.champion:app key=value ...`)."""
 
-    model_name: str = "digits"
+    model_name: str = Field(default="digits", pattern=MODEL_NAME_PATTERN)
     """Registered model to serve; also the {name} in the endpoint URLs."""
-    alias: str = "champion"
+    alias: Annotated[str, AfterValidator(_not_reserved)] = Field(default="champion", pattern=ALIAS_PATTERN)
     """Registry alias whose version is served (when `version` is unset)."""
-    version: str | None = None
-    """Exact version to serve, never switching; unset: the alias's version, followed as it moves."""
+    version: Version | None = None
+    """Exact version to serve, never switching (a registry version number, e.g. 3 or '3'); unset:
+    the alias's version, followed as it moves."""
     tracking_uri: str = Field(default_factory=lambda: env.MLFLOW_TRACKING_URI.get() or "",
                               min_length=1)
     """MLflow tracking URI of the registry (an absolute sqlite path, or a server URL); required."""

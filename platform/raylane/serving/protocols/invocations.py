@@ -10,6 +10,7 @@ An image model's column holds base64 text, checked by its signature (a string co
 """
 
 # No `from __future__ import annotations`: FastAPI reads these models' field types at runtime.
+import csv
 import json
 from typing import Any
 
@@ -21,7 +22,14 @@ from raylane._compat.mlflow import enforce_schema, parse_json_input
 from raylane.serving.errors import InvalidInput, UnsupportedMediaType, json_path
 from raylane.serving.model import LoadedModel
 from raylane.serving.protocols.images import image_frame, raw_image, takes_images
-from raylane.serving.protocols.rows import not_finite
+from raylane.serving.protocols.rows import (
+    OutOfRange,
+    has_long_integer,
+    loads_marking_out_of_range,
+    not_finite,
+    out_of_range,
+    walk,
+)
 
 
 class InvocationsRequest(BaseModel):
@@ -62,10 +70,12 @@ def parse_invocations(body: bytes, content_type: str | None, model: LoadedModel
         raise UnsupportedMediaType("This predictor only supports the following content types: Types: "
                                    f"['{scoring.CONTENT_TYPE_CSV}', '{scoring.CONTENT_TYPE_JSON}'{images}]. "
                                    f"Got '{content_type or ''}'.")
-    if mime == scoring.CONTENT_TYPE_JSON:
+    if mime == scoring.CONTENT_TYPE_CSV:
+        _refuse_csv_width(body, model.feature_columns)
+    else:
         _refuse_not_finite(body, model.feature_columns)
-    if mime == scoring.CONTENT_TYPE_JSON and model.numeric_only:
-        fast = _numeric_invocation(body, model.feature_columns)
+        request = _json_of_width(body, model.feature_columns)
+        fast = _numeric_invocation(request, model.feature_columns) if model.numeric_only else None
         if fast is not None:
             return fast
     schema = model.pyfunc.metadata.get_input_schema() if model.pyfunc is not None else None
@@ -109,25 +119,25 @@ class _Literal(str):
 
 
 def _refuse_not_finite(body: bytes, columns: list[str]) -> None:
-    """InvalidInput naming the row and column of the first NaN or Infinity literal in a JSON body.
-    MLflow's parser would take NaN for a missing value; as on V1 and V2, only null is one."""
-    if b"NaN" not in body and b"Infinity" not in body:
+    """InvalidInput naming the row and column of the first NaN or Infinity literal in a JSON body,
+    or of an integer beyond a 64-bit float. MLflow's parser would take NaN for a missing value; as
+    on V1 and V2, only null is one."""
+    if b"NaN" not in body and b"Infinity" not in body and not has_long_integer(body):
         return
     try:
-        request = json.loads(body, parse_constant=_Literal)
+        request = loads_marking_out_of_range(body, parse_constant=_Literal)
     except (ValueError, RecursionError):
         return  # not JSON: MLflow's parser explains
     if not isinstance(request, dict):
         return
-    stack = [((key,), value) for key, value in reversed(request.items()) if key != "params"]
-    while stack:
-        path, value = stack.pop()
-        if type(value) is _Literal:
-            raise not_finite(_where(path, request, columns), float(value))
-        if isinstance(value, dict):
-            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
+    for key, part in request.items():
+        if key == "params":
+            continue
+        for path, value in walk(part, (key,)):
+            if type(value) is _Literal:
+                raise not_finite(_where(path, request, columns), float(value))
+            if type(value) is OutOfRange:
+                raise out_of_range(_where(path, request, columns), value)
 
 
 def _where(path: tuple[Any, ...], request: dict[str, Any], columns: list[str]) -> str:
@@ -143,13 +153,62 @@ def _where(path: tuple[Any, ...], request: dict[str, Any], columns: list[str]) -
     return where
 
 
-def _numeric_invocation(body: bytes, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
+def _refuse_csv_width(body: bytes, columns: list[str]) -> None:
+    """InvalidInput when the CSV header does not have the model's number of columns, read from the
+    first line alone: pandas takes seconds over a header of 100k columns (and minutes when their
+    names repeat), on a body well under the size limit."""
+    first = body.partition(b"\n")[0].decode("utf-8", errors="replace").rstrip("\r")
+    try:
+        got = len(next(csv.reader([first]), []))
+    except csv.Error as err:  # a field over csv's size limit, a bare carriage return
+        raise InvalidInput(f"the CSV header cannot be read: {err}") from None
+    if got > len(columns):  # fewer: MLflow's schema check names the missing ones
+        raise InvalidInput(f"the CSV header has {got} columns; the model takes {len(columns)} "
+                           f"({_names(columns)})")
+
+
+def _json_of_width(body: bytes, columns: list[str]) -> Any:
+    """The JSON request (None when it is not JSON: MLflow's parser explains), refused with
+    InvalidInput where a row or the column list has not the model's number of columns: MLflow's
+    pandas parsing of a body of 100k columns takes seconds."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(request, dict):
+        return request
+    width = len(columns)
+    split, records = request.get("dataframe_split"), request.get("dataframe_records")
+    rows: list[tuple[str, Any]] = []
+    if isinstance(split, dict):
+        rows = [("dataframe_split.columns", split.get("columns"))]
+        data = split.get("data") if isinstance(split.get("data"), list) else []
+        rows += [(f"dataframe_split.data[{i}]", r) for i, r in enumerate(data)]
+    if isinstance(records, list):
+        rows += [(f"dataframe_records[{i}]", r) for i, r in enumerate(records)]
+    for key in ("instances", "inputs"):
+        value = request.get(key)
+        rows += [(f"{key}[{i}]", r) for i, r in enumerate(value)] if isinstance(value, list) else \
+            [(key, value)] if isinstance(value, dict) else []
+    for where, row in rows:
+        # Positional rows must match; rows by name may leave out columns (missing values, as MLflow
+        # reads them), but no body names more columns than the model has.
+        if isinstance(row, list) and len(row) != width or isinstance(row, dict) and len(row) > width:
+            raise InvalidInput(f"{where}: {len(row)} columns; the model takes {width} ({_names(columns)})")
+    return request
+
+
+def _names(columns: list[str]) -> str:
+    return ", ".join(columns) if len(columns) <= 8 else f"{columns[0]}..{columns[-1]}"
+
+
+def _numeric_invocation(request: Any, columns: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The common case without pandas: finite numbers for exactly the model's columns, in one of the
     four formats. Returns None for anything else, which then takes MLflow's own parsing and schema
     checks (and gets MLflow's error messages). For these inputs both paths give the same matrix:
     every column of the signature is a double, and MLflow converts numbers to it the same way."""
     try:
-        return _numeric_rows(json.loads(body), columns)
+        return _numeric_rows(request, columns)
     except Exception:  # anything unusual is MLflow's parser's to judge and explain
         return None
 

@@ -54,16 +54,16 @@ class V1PredictResponse(BaseModel):
 
 def rows_to_matrix(instances: list[Any], columns: list[str], field: str = "instances") -> np.ndarray:
     """Returns the rows as a float matrix in column order; InvalidInput naming the first bad row."""
-    width = len(columns)
+    width, known = len(columns), set(columns)
     matrix = np.empty((len(instances), width), dtype=np.float64)
     for i, row in enumerate(instances):
         if isinstance(row, dict):
             missing = [c for c in columns if c not in row]
-            extra = [c for c in row if c not in columns]
+            extra = [c for c in row if c not in known]
             if missing or extra:
                 problem = f"missing {missing[:3]}" if missing else f"unknown {extra[:3]}"
-                raise InvalidInput(f"{field}[{i}]: {problem}; expected the {width} feature names "
-                                   f"{columns[0]}..{columns[-1]}")
+                raise InvalidInput(f"{field}[{i}]: {len(row)} names, {problem}; expected the {width} "
+                                   f"feature names {columns[0]}..{columns[-1]}")
             row = [row[c] for c in columns]
         if len(row) != width:
             raise InvalidInput(f"{field}[{i}] has {len(row)} values; the model expects {width} "
@@ -90,13 +90,13 @@ def _number(value: Any, where: str) -> float:
 
 def rows_to_frame(instances: list[Any], columns: list[str], field: str = "instances") -> pd.DataFrame:
     """Returns the rows as raw columns by name (a typed model); InvalidInput naming the first bad row."""
-    width, rows = len(columns), []
+    width, rows, known = len(columns), [], set(columns)
     for i, row in enumerate(instances):
         if isinstance(row, dict):
-            unknown = [c for c in row if c not in columns]
+            unknown = [c for c in row if c not in known]
             if unknown:
-                raise InvalidInput(f"{field}[{i}]: unknown {unknown[:3]}; the features are "
-                                   f"{', '.join(columns)}")
+                raise InvalidInput(f"{field}[{i}]: {len(row)} names, unknown {unknown[:3]}; the "
+                                   f"{width} features are {', '.join(columns)}")
             row = [row.get(c) for c in columns]  # an absent feature is a missing value
         if len(row) != width:
             raise InvalidInput(f"{field}[{i}] has {len(row)} values; the model expects {width} "

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from raylane.serving.errors import InvalidInput, describe_validation
 from raylane.serving.model import LoadedModel
 from raylane.serving.protocols.images import v2_images
-from raylane.serving.protocols.rows import not_finite
+from raylane.serving.protocols.rows import not_finite, refuse_out_of_range
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 V2_NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -69,6 +69,7 @@ def parse_v2(body: bytes, json_length: str | None) -> tuple[V2InferRequest, byte
         if not 0 <= length <= len(body):
             raise InvalidInput(f"{BINARY_HEADER} {length} does not fit a body of {len(body)} bytes")
         body, binary = body[:length], body[length:]
+    refuse_out_of_range(body)  # 'inputs[0].data[5]', not the JSON parser's 'number out of range'
     try:
         return V2InferRequest.model_validate_json(body), binary
     except ValidationError as err:
@@ -85,8 +86,16 @@ def v2_matrix(request: V2InferRequest, binary: bytes, model: LoadedModel) -> np.
                                f"{list(outputs_of(model))}")
     if model.is_image:
         return v2_images(request, binary, model)
+    if len(request.inputs) > width:  # refused before any data is converted
+        raise InvalidInput(f"inputs: {len(request.inputs)} inputs; the model takes {width} features: one "
+                           "input per feature, or one input of all of them")
     if not model.numeric_only:
         return _v2_frame(request, binary, model)
+    shape = request.inputs[0].shape
+    if len(request.inputs) == 1 and not (shape == [width] or (len(shape) == 2 and shape[1] == width)):
+        raise InvalidInput(f"inputs[0] ({request.inputs[0].name!r}): shape {shape}; the model takes one "
+                           f"input of shape [n, {width}] ({columns[0]}..{columns[-1]}), or one input per "
+                           "feature, named after it, of shape [n]")
     tensors, offset = [], 0
     for i, tensor in enumerate(request.inputs):
         where = f"inputs[{i}] ({tensor.name!r})"
