@@ -326,7 +326,6 @@ class ModelServer:
         self._openapi: tuple[str, dict[str, Any]] | None = None
         self._decoding = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
         self._parsing = asyncio.Semaphore(1)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         serving.REPLICA["server"] = self
 
     # --- model calls ----------------------------------------------------------------------------------
@@ -355,7 +354,14 @@ class ModelServer:
         if size <= PARSE_ON_LOOP_BYTES:
             return parse(*args)
         async with self._parsing:
-            return await asyncio.to_thread(parse, *args)
+            # Only while the thread parses: the whole process's threads (Serve runs user code on a
+            # thread of its own) then hand the GIL over 10x as often, which costs throughput.
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            try:
+                return await asyncio.to_thread(parse, *args)
+            finally:
+                sys.setswitchinterval(previous)
 
     async def _probabilities(self, model: LoadedModel, rows: np.ndarray | pd.DataFrame,
                              field: str = "inputs") -> np.ndarray:
