@@ -222,6 +222,9 @@ def extreme_bodies(columns: list[str]) -> list[tuple[str, bytes]]:
         (",".join(columns) + "\n" + ("x," * (width - 1) + "x\n") * 5000).encode(),
         (",".join(columns) + "\n" + row_with(HUGER)[1:-1] + "\n").encode(),
         (",".join(columns) + "\n" + '"' + text[:MAX_BODY // 2] + '"\n').encode(),
+        b"x" * 200_000 + b"\n",  # a header field over csv's field limit
+        ("\r".join(columns) + "\n").encode(),  # old-Mac line ends: a bare carriage return in the header
+        (" ".join("1" * 308 for _ in range(3000))).encode(),  # digit runs just short of the huge-int scan
     ]
     return [("application/json", b) for b in bodies] + [("text/csv", b) for b in csv]
 
