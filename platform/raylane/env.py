@@ -40,6 +40,17 @@ class EnvVar:
         """Returns the value in this process's environment, else the default."""
         return self.value() or self.default
 
+    def positive(self, kind: type = float) -> float:
+        """Returns `get()` as a positive `kind` (int or float); ValueError naming the variable."""
+        raw = self.get() or ""
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"{self.name}={raw!r}: expected a positive {kind.__name__}")
+        return value
+
 
 # -- inputs: read by raylane ------------------------------------------------------------------------
 RAY_ADDRESS = EnvVar(

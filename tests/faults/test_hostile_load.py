@@ -199,6 +199,6 @@ def test_64_oversized_bodies_leave_the_ingress_memory_bounded(champion, proxy) -
               f"busy: {endpoint.ingress().name()} grew {grew:.0f} MB at its peak ({before / 2**20:.0f} -> "
               f"{peak / 2**20:.0f} MB); outcomes {sorted(set(outcomes), key=str)}")
         assert set(outcomes) <= {413, None}, outcomes  # refused, never answered nor a 500
-        # Unbounded, the bodies would sit in the ingress: 64 x 16 MB = 1 GB. Bounded: at most the
-        # body limit each (64 MB), and the ingress's own buffers.
-        assert grew < CLIENTS * MAX_BODY / 2**20 + 96, grew
+        # Bounded: at most the body limit each (64 MB in all; measured 21-22 MB). Serve's proxy
+        # without raylane's ingress middleware grew 148 MB here.
+        assert grew < CLIENTS * MAX_BODY / 2**20 + 16, grew

@@ -72,16 +72,11 @@ class _Refused(Exception):
         return JSONResponse({"error": message, **extra}, status_code=self.status)
 
 
-def _too_large(message: str, path: str) -> JSONResponse:
-    """413 in the protocol's shape (/invocations: MLflow's, as the model's own app answers)."""
+def _refused(status: int, message: str, path: str) -> JSONResponse:
+    """A body refused (413, 408) in the protocol's shape (/invocations: MLflow's, as the model's own
+    app answers)."""
     extra = {"error_code": "BAD_REQUEST", "message": message} if path == "/invocations" else {}
-    return JSONResponse({"error": message, **extra}, status_code=413)
-
-
-def _timed_out(message: str, path: str) -> JSONResponse:
-    """408 in the protocol's shape, as the model's own app answers a body that arrives too slowly."""
-    extra = {"error_code": "BAD_REQUEST", "message": message} if path == "/invocations" else {}
-    return JSONResponse({"error": message, **extra}, status_code=408)
+    return JSONResponse({"error": message, **extra}, status_code=status)
 
 
 def _not_served(name: str, models: dict[str, str] | None) -> JSONResponse:
@@ -189,19 +184,19 @@ class Gateway:
             return _not_served(name, models if self._may_list(request) else None)
         length, limit = request.headers.get("content-length"), self.args.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            return _too_large(f"request body of {length} bytes is over the limit of {limit} "
-                              "(serve.max_body_bytes)", request.scope["path"])
+            return _refused(413, f"request body of {length} bytes is over the limit of {limit} "
+                                 "(serve.max_body_bytes)", request.scope["path"])
         body = bytearray()
         try:
             async with asyncio.timeout(self.args.body_timeout_s):
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > limit:
-                        return _too_large(f"request body is over the limit of {limit} bytes "
-                                          "(serve.max_body_bytes)", request.scope["path"])
+                        return _refused(413, f"request body is over the limit of {limit} bytes "
+                                             "(serve.max_body_bytes)", request.scope["path"])
         except TimeoutError:
-            return _timed_out(f"request body not received within {self.args.body_timeout_s:g} s "
-                              "(serve.body_timeout_s)", request.scope["path"])
+            return _refused(408, f"request body not received within {self.args.body_timeout_s:g} s "
+                                 "(serve.body_timeout_s)", request.scope["path"])
         try:
             handle = await self._handle(name)
             status, headers, content = await handle.forward.remote(

@@ -64,17 +64,6 @@ def rewrite(config: str) -> str:
     return config
 
 
-def _positive(var: env.EnvVar, kind: type) -> float:
-    raw = var.get() or ""
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{var.name}={raw!r}: expected a positive {kind.__name__}")
-    return value
-
-
 def _strip_control_headers(config: str) -> str:
     """Serve's per-request control headers removed from every request (raylane.serving.control_headers),
     first thing in the frontend, unless RAYLANE_INGRESS_ALLOW_CONTROL_HEADERS=1."""
@@ -93,8 +82,8 @@ def _body_limits(config: str) -> str:
     frontend = _FRONTEND_BIND.search(config)
     if frontend is None:
         return config
-    limit = _positive(env.INGRESS_MAX_BODY_BYTES, int)
-    timeout = _positive(env.INGRESS_BODY_TIMEOUT_S, float)
+    limit = env.INGRESS_MAX_BODY_BYTES.positive(int)
+    timeout = env.INGRESS_BODY_TIMEOUT_S.positive(float)
     indent = "    "
     too_large = (f'{{"error": "request body is over the limit of {limit} bytes '
                  f'({env.INGRESS_MAX_BODY_BYTES.name}, serve.max_body_bytes)"}}')

@@ -36,17 +36,6 @@ BODY_TIMEOUT_ENV = env.INGRESS_BODY_TIMEOUT_S.name
 BUDGET_ENV = env.INGRESS_BODY_BUDGET_BYTES.name
 
 
-def _setting(var: env.EnvVar, kind: type) -> Any:
-    raw = var.get() or ""
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{var.name}={raw!r}: expected a positive number")
-    return value
-
-
 class IngressLimits:
     """Plain ASGI middleware: the body limit, the body-read deadline and the process's body budget
     (see the module docstring). Answers its refusals itself, as JSON `{"error": ...}`."""
@@ -57,9 +46,9 @@ class IngressLimits:
     def __init__(self, app: ASGIApp, max_body_bytes: int | None = None, body_timeout_s: float | None = None,
                  budget_bytes: int | None = None) -> None:
         self.app = app
-        self.max_body = max_body_bytes or _setting(env.INGRESS_MAX_BODY_BYTES, int)
-        self.timeout_s = body_timeout_s or _setting(env.INGRESS_BODY_TIMEOUT_S, float)
-        self.budget = budget_bytes or _setting(env.INGRESS_BODY_BUDGET_BYTES, int)
+        self.max_body = max_body_bytes or env.INGRESS_MAX_BODY_BYTES.positive(int)
+        self.timeout_s = body_timeout_s or env.INGRESS_BODY_TIMEOUT_S.positive(float)
+        self.budget = budget_bytes or env.INGRESS_BODY_BUDGET_BYTES.positive(int)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
