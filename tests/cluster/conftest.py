@@ -111,7 +111,9 @@ def trial_runs(experiment: str) -> list[dict]:
     return [run for run in probe("runs", experiment) if run["parent"]]
 
 
-def wait_until(what: str, check, timeout: float = 600, interval: float = 3):
+def wait_until(what: str, check, timeout: float = 600, interval: float = 3, job: Job | None = None):
+    """Polls `check` until it returns something true; with `job`, fails as soon as that job has ended
+    (its logs in the message) instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -120,6 +122,13 @@ def wait_until(what: str, check, timeout: float = 600, interval: float = 3):
             result = None
         if result:
             return result
+        if job is not None:
+            try:
+                state = job.status()
+            except (RuntimeError, subprocess.TimeoutExpired):
+                state = {"status": "unknown"}
+            assert state["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"), (
+                f"{what}: job {job.id} ended {state['status']} first:\n{state.get('logs', '')[-5000:]}")
         assert time.monotonic() < deadline, f"{what}: not seen within {timeout:.0f} s"
         time.sleep(interval)
 

@@ -71,7 +71,7 @@ def test_a_worker_host_lost_mid_training_then_rejoining() -> None:
         runs = trial_runs(name)
         return len(runs) == 2 and all(len(steps_of(r, "val_accuracy")) >= 2 for r in runs) and runs
 
-    wait_until("two epochs on both trials", two_epochs_everywhere)
+    wait_until("two epochs on both trials", two_epochs_everywhere, job=job)
     lost = rig.WORKERS[0]
     try:
         killed_at = time.time()
@@ -104,7 +104,9 @@ def test_a_worker_host_lost_mid_training_then_rejoining() -> None:
 
 def test_a_stopped_job_resumes_the_same_run_without_rerunning_finished_trials() -> None:
     name = unique("rig-resume")
-    epochs = 10
+    # A trial's epochs take about a second here: 40 keep the second trial running for long enough
+    # that the polls (a few seconds each) see it started before it finishes.
+    epochs = 40
     common = settings(name, **{"serve.enabled": "false", "tune.max_concurrent_trials": 1,
                                "train.epochs": epochs, "train.batch_size": 16})
     # The first attempt of a RayJob: --resume-if-exists starts the run when there is none.
@@ -116,7 +118,7 @@ def test_a_stopped_job_resumes_the_same_run_without_rerunning_finished_trials() 
         going = [r for r in runs if r["status"] == "RUNNING" and steps_of(r, "val_accuracy")]
         return done and going and (done, going)
 
-    done, _ = wait_until("a finished trial and one that has started", one_finished_one_started)
+    done, _ = wait_until("a finished trial and one that has started", one_finished_one_started, job=first)
     first.stop()
     assert first.wait(timeout=120)["status"] == "STOPPED"
     parent_id = done[0]["parent"]
@@ -169,7 +171,7 @@ def test_the_mlflow_server_restarts_mid_run() -> None:
     name, epochs = unique("rig-outage"), 20
     job = Job(*settings(name, **{"serve.enabled": "false", "train.epochs": epochs, "train.batch_size": 16}),
               name="outage")
-    wait_until("an epoch logged", lambda: any(steps_of(r, "val_accuracy") for r in trial_runs(name)))
+    wait_until("an epoch logged", lambda: any(steps_of(r, "val_accuracy") for r in trial_runs(name)), job=job)
     rig.stop_mlflow()
     time.sleep(15)  # trials report epochs while the server is down
     restarted = time.monotonic()
