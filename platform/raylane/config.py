@@ -356,6 +356,23 @@ class ServingOptions(_Section):
     """Log one line per request in the replica logs (costs throughput; errors are always logged)."""
     replica_gpus: float = Field(default=0, ge=0)
     """GPUs each replica reserves (fractions share a GPU); the model then runs on its GPU."""
+    drift_window: int = 1000
+    """Live rows each replica compares with the model's drift reference (GET .../drift, the
+    raylane_drift_* gauges): its last N rows; 0 turns drift watching off. Flags start once the
+    window holds min(N, max(300, 30 x bins)) rows, bins those of the widest histogram compared (10
+    for decile-binned numeric features; a categorical feature's categories + 1; the classes):
+    fewer rows shift the PSI by noise alone (about (bins - 1) / rows). Until then the drift route's
+    status is "filling"."""
+    drift_threshold: float = Field(default=0.2, gt=0, le=10)
+    """Population stability index over which a feature (or the prediction) counts as drifted."""
+
+    @field_validator("drift_window")
+    @classmethod
+    def _drift_window_off_or_large_enough(cls, rows: int) -> int:
+        if rows != 0 and not 20 <= rows <= 100_000:
+            raise ValueError(f"{rows} rows: 0 turns drift watching off, else 20 to 100000 rows (fewer "
+                             "cannot tell a shift from noise)")
+        return rows
 
     @field_validator("allowed_hosts")
     @classmethod

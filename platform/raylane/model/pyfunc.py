@@ -1,7 +1,8 @@
 """The MLflow pyfunc model raylane logs: raw feature columns in, class labels (or probabilities) out.
 
 The preprocessing fitted on train (imputation, scaling, one-hot; `raylane.preprocess`) travels
-inside the model (`preprocess.json`), next to the trained weights (`checkpoint/`), so
+inside the model (`preprocess.json`), next to the trained weights (`checkpoint/`) and the drift
+reference the endpoint compares live traffic with (`drift_reference.json`), so
 `mlflow.pyfunc.load_model(...).predict(raw_frame)` and the Serve endpoint both take the same raw
 columns, by name, that the data came with.
 """
@@ -16,6 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from raylane.drift import REFERENCE_FILE
 from raylane.model.checkpoint import check_format, load_keras_model, load_torch_model
 from raylane.model.network import prefer_code_from
 from raylane.preprocess import Column, Preprocessor
@@ -43,6 +45,7 @@ class RaylaneClassifier(mlflow.pyfunc.PythonModel):
         self.classes: list[Any] = meta["classes"]
         self.framework: str = meta["framework"]
         self.task: str = meta["task"]
+        self.drift_reference = read_drift_reference(context.artifacts["preprocess"])
         target = meta["target"]
         self._target = (float(target.get("mean", 0.0)), float(target.get("std", 1.0)))
         checkpoint = context.artifacts["checkpoint"]  # <model>/artifacts/checkpoint; code in <model>/code
@@ -93,6 +96,17 @@ def read_preprocess(path: str) -> dict[str, Any]:
     if version == 0:  # the fields added over time, at the values every model then had
         meta = {"framework": "torch", "task": "classification", "target": {}, **meta}
     return meta
+
+
+def read_drift_reference(preprocess_path: str) -> dict[str, Any] | None:
+    """Returns the drift reference logged next to preprocess.json (raylane.drift), None for a model
+    logged before drift references (or one whose file cannot be read: serving goes on without it)."""
+    path = os.path.join(os.path.dirname(preprocess_path), REFERENCE_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _preprocessor(meta: dict[str, Any]) -> Preprocessor:

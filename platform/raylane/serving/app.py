@@ -4,6 +4,7 @@
     POST /v2/models/{name}[/versions/{version}]/infer   Open Inference Protocol (KServe V2, Triton)
     POST /invocations                                   MLflow scoring protocol (`mlflow models serve`)
     GET  /v2, /v2/health/live|ready, /v2/models/{name}[/versions/{version}][/ready], /ping, /health
+    GET  /v2/models/{name}[/versions/{version}]/drift   live traffic against the model's reference
     GET  /docs, /openapi.json                           generated from the model's signature
 
 Requests are merged by `@serve.batch` into one model call. Every response names the version that
@@ -38,6 +39,7 @@ from raylane._compat.uvicorn import install_one_write_responses
 from raylane.errors import ModelNotFoundError
 from raylane.serving import browsers, openapi, routes
 from raylane.serving.auth import CHALLENGE, OPEN_PATHS, TokenAuth
+from raylane.serving.drift_watch import DriftWatch
 from raylane.serving.errors import (
     InvalidInput,
     PayloadTooLarge,
@@ -303,6 +305,14 @@ def _answer(body: bytes, model: LoadedModel, headers: dict[str, str] | None = No
     return Response(body, headers=headers)
 
 
+def _replica_name() -> str:
+    """Serve's name of this replica (its `replica` tag in the metrics)."""
+    try:
+        return serve.get_replica_context().replica_tag
+    except Exception:  # not inside a Serve replica (a test building the class directly)
+        return "unknown"
+
+
 @serve.deployment
 @serve.ingress(app)
 class ModelServer:
@@ -326,21 +336,28 @@ class ModelServer:
         self._openapi: tuple[str, dict[str, Any]] | None = None
         self._decoding = asyncio.Semaphore(IMAGE_DECODES_AT_ONCE)
         self._parsing = asyncio.Semaphore(1)
+        self.drift = DriftWatch(args.model_name, args.drift_window, args.drift_threshold, self.metrics,
+                                _replica_name())
+        self.drift.start(self.slot.loaded)
         serving.REPLICA["server"] = self
 
     # --- model calls ----------------------------------------------------------------------------------
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray, bool]]) -> list[np.ndarray]:
+    async def _predict_batch(self, items: list[tuple[LoadedModel, np.ndarray, bool, pd.DataFrame | None]]
+                             ) -> list[np.ndarray]:
         """One model call per version for the whole batch; returns each request's probabilities.
-        Rows are raw (an all-numeric model) or already encoded (a typed model's network input)."""
+        Rows are raw (an all-numeric model) or already encoded (a typed model's network input, with
+        its raw frame for the drift window; an image model's, without)."""
         results: list[np.ndarray | None] = [None] * len(items)
-        for version, encoded in {(model.version, encoded) for model, _, encoded in items}:
-            members = [i for i, (model, _, e) in enumerate(items)
+        for version, encoded in {(model.version, encoded) for model, _, encoded, _ in items}:
+            members = [i for i, (model, _, e, _) in enumerate(items)
                        if model.version == version and e == encoded]
             model = items[members[0]][0]
             rows = np.concatenate([items[i][1] for i in members])
             probabilities = model.forward(rows) if encoded else model.predict_proba(rows)
             self.metrics.batch(version, len(rows))
+            raw = [items[i][3] for i in members] if encoded else rows
+            self.drift.record(model, None if encoded and raw[0] is None else raw, probabilities)
             offset = 0
             for i in members:
                 n = len(items[i][1])
@@ -368,12 +385,12 @@ class ModelServer:
         if isinstance(rows, pd.DataFrame) and model.is_image:  # decoding: off the event loop, bounded
             async with self._decoding:
                 encoded = await asyncio.to_thread(encode_rows, model, rows, field)
-            probabilities = await self._predict_batch((model, encoded, True))
+            probabilities = await self._predict_batch((model, encoded, True, None))
         elif isinstance(rows, pd.DataFrame):  # a typed model: encoded here, batched as network input
             encoded = await self._parsed(rows.size * 8, encode_rows, model, rows, field)  # ~8 bytes a value
-            probabilities = await self._predict_batch((model, encoded, True))
+            probabilities = await self._predict_batch((model, encoded, True, rows))
         else:
-            probabilities = await self._predict_batch((model, rows, False))
+            probabilities = await self._predict_batch((model, rows, False, None))
         check_computable(probabilities)
         return probabilities
 
@@ -462,6 +479,22 @@ class ModelServer:
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["Open Inference Protocol (V2)"])
     def version_ready(self, name: str, version: str) -> dict[str, Any]:
         return {"name": name, "version": self._version(name, version).version, "ready": True}
+
+    @app.get("/v2/models/{name}/drift", response_model=openapi.DriftReport, tags=["Drift"])
+    def drift_report(self, name: str) -> Response:
+        """Live inputs and predictions of this replica's window against the serving version's
+        reference: per-feature population stability index, missing and unseen-category rates, the
+        predicted classes' shares, and the features over serve.drift_threshold."""
+        return self._drift(self._model(name))
+
+    @app.get("/v2/models/{name}/versions/{version}/drift", response_model=openapi.DriftReport,
+             tags=["Drift"])
+    def version_drift_report(self, name: str, version: str) -> Response:
+        """The drift report of one version held by this endpoint (the champion or the canary)."""
+        return self._drift(self._version(name, version))
+
+    def _drift(self, model: LoadedModel) -> Response:
+        return _answer(json.dumps(self.drift.report(model)).encode(), model)
 
     def _metadata(self, model: LoadedModel) -> Response:
         body = openapi.model_metadata(model, self.slot.loaded()).model_dump_json().encode()

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from raylane import env
 from raylane.config import ServingOptions
+from raylane.drift import Reference
 
 # MLflow column types -> Open Inference Protocol datatypes.
 V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
@@ -111,6 +112,10 @@ class LoadedModel:
     image_shape: tuple[int, int, int] | None = None
     """An image model (its one feature column is an image): (height, width, channels) it takes."""
     load_seconds: float = 0.0
+    drift: Reference | None = field(default=None, compare=False)
+    """The drift reference live rows are compared with (raylane.drift); None: see `drift_note`."""
+    drift_note: str = ""
+    """Why a version has no drift reference."""
 
     @property
     def numeric_only(self) -> bool:
@@ -173,9 +178,24 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
         framework=inner.framework,
         input_datatypes=_input_datatypes(pyfunc, columns), example=_example_rows(pyfunc, columns, image),
         pyfunc=pyfunc, image_shape=inner.preprocessor.image_shape,
+        **_drift_reference(getattr(inner, "drift_reference", None), columns, inner.preprocessor.numeric_only),
     )
     model.warm_up()
     return replace(model, load_seconds=time.perf_counter() - start)
+
+
+def _drift_reference(data: dict[str, Any] | None, columns: list[str], numeric_only: bool) -> dict[str, Any]:
+    """LoadedModel's `drift` and `drift_note` from the logged reference: a version without one (or
+    with one this raylane cannot read) still serves, and its drift route says why it has none."""
+    if data is None:
+        return {"drift_note": "it was logged before drift references (no drift_reference.json in the model)"}
+    try:
+        reference = Reference.from_dict(data)
+    except (KeyError, ValueError, TypeError, IndexError) as err:
+        return {"drift_note": f"its drift_reference.json cannot be read ({type(err).__name__}: {err})"}
+    if (reference.names != columns) if numeric_only else not set(reference.names) <= set(columns):
+        return {"drift_note": "its drift_reference.json names other features than the model takes"}
+    return {"drift": reference}
 
 
 def _input_datatypes(pyfunc: Any, columns: list[str]) -> list[str]:

@@ -45,6 +45,63 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] = {}
 
 
+class DriftWindow(BaseModel):
+    size: int
+    """serve.drift_window: the last rows compared."""
+    rows: int
+    """Rows in the window now."""
+    seen: int
+    """Rows this replica answered for the version since it loaded it."""
+    flags_from_rows: int
+    """Nothing (no feature, nor the prediction) is flagged before the window holds this many rows:
+    min(size, max(300, 30 x the widest histogram's bins)); the status is "filling" until then."""
+
+
+class DriftFeature(BaseModel):
+    kind: str
+    psi: float | None
+    """Population stability index against the reference (null: no present value in the window)."""
+    missing_rate: float
+    reference_missing_rate: float
+    unseen_category_rate: float | None = None
+    """Categorical features: share of rows whose value is none of the model's categories."""
+    reference_unseen_category_rate: float | None = None
+
+
+class DriftPrediction(BaseModel):
+    psi: float | None
+    bins: list[Any]
+    """The classes (regression: ranges of the predicted value)."""
+    shares: list[float]
+    reference_shares: list[float]
+    """The shares the model predicted on the test split."""
+    over_threshold: bool
+
+
+class DriftReport(BaseModel):
+    """The serving version's live traffic, in this replica's window, against its drift reference."""
+
+    model: str
+    version: str
+    replica: str
+    """The replica that answered: each replica watches the rows it answered itself."""
+    scope: str
+    threshold: float
+    """serve.drift_threshold."""
+    status: str
+    """ok, drifted, filling (too few rows yet), no_reference (a model logged before drift
+    references) or off (serve.drift_window=0)."""
+    message: str | None = None
+    window: DriftWindow | None = None
+    over_threshold: list[str] = []
+    """The features whose PSI is over the threshold."""
+    prediction: DriftPrediction | None = None
+    features: dict[str, DriftFeature] = {}
+    skipped: list[dict[str, Any]] = []
+    """Features not watched (image columns), with why."""
+    reference: dict[str, Any] | None = None
+
+
 class ErrorResponse(BaseModel):
     error: str
     """What was wrong, naming the field or value."""

@@ -1,13 +1,15 @@
 """Logging the best checkpoint as an MLflow pyfunc model, evaluated on the test split.
 
-The logged model carries its preprocessing and the raylane package (`code_paths`), so it loads
-wherever its pinned requirements are installed; `raylane.registry` decides what becomes champion.
+The logged model carries its preprocessing, its drift reference (`raylane.drift`, built while the
+test split is scored) and the raylane package (`code_paths`), so it loads wherever its pinned
+requirements are installed; `raylane.registry` decides what becomes champion.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,7 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
     from mlflow.models import infer_signature
 
     from raylane.data import iter_raw_rows, raw_rows
+    from raylane.drift import ReferenceBuilder
     from raylane.model.pyfunc import PREPROCESS_FILE, RaylaneClassifier, package_dir, write_preprocess
 
     task = task_named(data.task)
@@ -77,16 +80,58 @@ def log_best_model(checkpoint_dir: str, data: PreparedData, params: dict[str, An
         )
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # evaluate what was logged, not the checkpoint
     total, rows = 0.0, 0
+    reference = ReferenceBuilder(data.preprocessor, data.classes, data.task, data.num_rows.get("test"))
+    for encoded in _train_sample(data):
+        reference.add_train(encoded)
     for raw, labels in iter_raw_rows(data.test):  # in batches: a streamed test split may be large
         predictions = loaded.predict(raw)
+        reference.add(raw, predictions)
         if regression:
             total += float(np.abs(np.asarray(predictions, dtype=np.float64) - labels).sum())
         else:
             total += float((predictions == np.asarray(data.classes)[labels]).sum())
         rows += len(labels)
     test_score = total / max(rows, 1)
+    _log_drift_reference(info.model_id, reference.build())
     mlflow.log_metrics({task.test_metric: test_score, f"best_{task.val_metric}": val_score})
     return LoggedModel(info.model_uri, mlflow.active_run().info.run_id, test_score, val_score, params, task)
+
+
+def _train_sample(data: PreparedData) -> Iterator[np.ndarray]:
+    """Batches of the train split's network input, about REFERENCE_ROWS rows drawn at random (the
+    first ones of a split that small); none for an image model (no per-feature drift there)."""
+    from raylane.drift import REFERENCE_ROWS
+
+    kinds = set(data.preprocessor.kinds.values())
+    if "image" in kinds or not kinds & {"numeric", "boolean"}:
+        return
+    rows, taken = data.num_rows.get("train") or 0, 0
+    train = data.train.select_columns(["features"])
+    if rows > REFERENCE_ROWS:  # one streaming pass, never the whole split in memory
+        train = train.random_sample(REFERENCE_ROWS / rows, seed=0)
+    for batch in train.iter_batches(batch_size=4096, batch_format="numpy"):
+        features = batch["features"]
+        yield np.stack(features) if features.dtype == object else features
+        taken += len(features)
+        if taken >= REFERENCE_ROWS:
+            return
+
+
+def _log_drift_reference(model_id: str, reference: dict[str, Any]) -> None:
+    """Adds the drift reference (raylane.drift) to the logged model, next to preprocess.json: the
+    endpoint's replicas compare their live traffic with it. Written after the model is logged, as
+    its predicted-class shares come from scoring what was logged."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from raylane.drift import REFERENCE_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, REFERENCE_FILE)
+        with open(path, "w") as f:
+            json.dump(reference, f)
+        MlflowClient().log_model_artifact(model_id, path, artifact_path="artifacts")
 
 
 def _typed_signature(inferred: Any, preprocessor: Any) -> Any:
