@@ -76,7 +76,7 @@ def _domain(dim: SearchDim) -> Any:
 
 def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: PreparedData,
               storage_path: str, controller_keys: str = "raylane:controller:",
-              worker_env: dict[str, Any] | None = None) -> None:
+              worker_env: dict[str, Any] | None = None, run_name: str = "") -> None:
     """The Tune trainable: one TorchTrainer whose epochs Tune sees as iterations.
 
     The trainer's run is named after the trial, so a trial started again (a resumed pipeline)
@@ -94,7 +94,7 @@ def run_trial(hyperparams: dict[str, Any], *, cfg: PipelineConfig, data: Prepare
     trainer = build_trainer(
         cfg, hyperparams, data, name=f"trial-{trial_id}", storage_path=storage_path,
         callbacks=[TuneReportCallback(), controller], hold=asha.hold_config(cfg, trial_id),
-        worker_env=worker_env,
+        worker_env=worker_env, run_name=run_name, trial=trial_id,  # the workers' metric labels
     )
     reported_before = trial_iteration()
     with _stopped_with(stop_event, controller):
@@ -216,7 +216,7 @@ def search(cfg: PipelineConfig, data: PreparedData, run_name: str, storage_path:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, data=data,
                              storage_path=storage.join(storage_path, run_name, "trials"),
-                             controller_keys=controller_keys,
+                             controller_keys=controller_keys, run_name=run_name,
                              # the model builder's code, uploaded from here for the Train workers
                              worker_env=builders.worker_runtime_env(cfg)),
         {"cpu": TRIAL_DRIVER_CPUS},

@@ -428,8 +428,9 @@ def test_podmonitor_scrapes_the_metrics_port_of_every_ray_pod(rendered) -> None:
         assert ports[endpoint["port"]] == int(group["rayStartParams"].get("metrics-export-port", 8080))
 
 
-def test_grafana_dashboard_config_map_is_the_dashboard_file(rendered) -> None:
+def test_grafana_dashboard_config_map_is_the_dashboard_files(rendered) -> None:
     config_map = _one(rendered, "serving", "ConfigMap")
     assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}  # Grafana's sidecar looks for it
-    dashboard = ROOT / "serve_apps" / "grafana" / "raylane-serving.json"
-    assert config_map["data"] == {dashboard.name: dashboard.read_text()}
+    grafana = ROOT / "serve_apps" / "grafana"
+    dashboards = [grafana / "raylane-serving.json", grafana / "raylane-training.json"]
+    assert config_map["data"] == {dashboard.name: dashboard.read_text() for dashboard in dashboards}

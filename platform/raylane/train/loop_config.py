@@ -44,6 +44,10 @@ class WorkerLoopConfig:
     """asha_promotion: epochs done after which the workers wait for the scheduler (`train.rungs`)."""
     hold_key: str = ""
     """asha_promotion: where the scheduler's answer for this trial appears."""
+    run_name: str = ""
+    """The raylane run this fit trains for, and its Tune trial: the labels of the workers'
+    Prometheus metrics (`raylane.train.metrics`; empty: the Train run's name)."""
+    trial: str = ""
 
     @property
     def objective(self) -> Task:
@@ -60,10 +64,11 @@ class WorkerLoopConfig:
         return cls(**values)
 
 
-def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any,
-                **hold: Any) -> WorkerLoopConfig:
+def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any, *, run_name: str = "",
+                trial: str = "", **hold: Any) -> WorkerLoopConfig:
     """Returns the workers' settings: train fields and model params with the trial's values on
-    top, the data's shapes and label statistics, and (asha_promotion) where to hold at the rungs."""
+    top, the data's shapes and label statistics, (asha_promotion) where to hold at the rungs, and
+    the run and trial that label the workers' metrics."""
     train = TrainConfig.model_validate(
         {**cfg.train.model_dump(), **{k: v for k, v in hyperparams.items() if k in HYPERPARAMETERS}})
     return WorkerLoopConfig(
@@ -73,5 +78,6 @@ def loop_config(cfg: PipelineConfig, hyperparams: dict[str, Any], data: Any,
         ingest=train.ingest,
         ingest_memory_fraction=train.ingest_memory_fraction,
         train_rows=data.num_rows.get("train", 0), val_rows=data.num_rows.get("val", 0),
-        target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0), **hold,
+        target_mean=data.target.get("mean", 0.0), target_std=data.target.get("std", 1.0),
+        run_name=run_name, trial=trial, **hold,
     )

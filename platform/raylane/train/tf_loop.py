@@ -16,7 +16,7 @@ from typing import Any
 import ray.train
 
 from raylane.model.checkpoint import restore_keras_state, save_keras_state
-from raylane.train import steps
+from raylane.train import metrics, steps
 from raylane.train.loop_config import WorkerLoopConfig
 from raylane.train.report import EpochReport
 
@@ -86,17 +86,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save_keras_state(directory, model, optimizer, epoch, cfg.spec)
 
     world_size = ray.train.get_context().get_world_size()
+    # Prometheus, through Ray's metrics agent (`raylane.train.metrics`). The all-reduce runs inside
+    # the compiled step and is not timed apart from it.
+    watch = metrics.for_worker(cfg, gpu=metrics.tf_gpu())
     for epoch in range(start_epoch, cfg.epochs):
         clock = steps.EpochClock()
+        watch.start_epoch(epoch)
         total_loss, batches = 0.0, 0
         # drop_last keeps shapes static and the step count equal on every worker (a collective
         # per step: one worker with an extra batch would wait forever).
-        for batch in train_shard.iter_tf_batches(
+        for batch in watch.batches(train_shard.iter_tf_batches(
             batch_size=batch_size, drop_last=True,
             local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=cfg.seed + epoch,
-        ):
+        )):
             total_loss += float(train_step(as_input(batch["features"]), batch["label"]))
             batches += 1
+            watch.step(batch_size)
 
         epoch_time = clock.wall_s()
         val_loss, val_score = evaluate(lambda x: model(as_input(x), training=False), val_data, per_row_loss,
@@ -109,6 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             extra={"num_replicas_in_sync": strategy.num_replicas_in_sync,
                    "replica_weight_spread": float(weight_spread())},
         )
+        watch.end_epoch(report)
         if not steps.end_epoch(cfg, report, history, save, clock):
             return  # asha_promotion paused the trial at this rung: the fit ends here
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from raylane.model.checkpoint import restore_torch_state, save_torch_state
 from raylane.task import Task
-from raylane.train import fsdp, ingest, steps
+from raylane.train import fsdp, ingest, metrics, steps
 from raylane.train.loop_config import WorkerLoopConfig
 from raylane.train.report import EpochReport
 
@@ -52,6 +52,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     context = ray.train.get_context()
     world_size = context.get_world_size()
+    # Prometheus, through Ray's metrics agent (`raylane.train.metrics`); DDP's gradient all-reduce
+    # is timed in a communication hook, registered before the first backward pass.
+    watch = metrics.for_worker(cfg, gpu=metrics.torch_gpu(device))
+    watch.time_allreduce(model)
 
     mode, why = ingest.choose(cfg, device, context.get_local_world_size(), world_size,
                               row_bytes=4 * cfg.spec.inputs.features + 8)
@@ -85,8 +89,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         clock = steps.EpochClock()
+        watch.start_epoch(epoch)
         total_loss, total_rows = torch.zeros((), device=device), 0
-        for features, labels in batches(train_shard, cfg.batch_size, cfg.seed + epoch):
+        for features, labels in watch.batches(batches(train_shard, cfg.batch_size, cfg.seed + epoch)):
             optimizer.zero_grad(set_to_none=True)
             with precision:
                 loss = objective.loss(network(features), labels)
@@ -95,6 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Summed on the device: no host synchronisation per batch (loss.item() would wait).
             total_loss += loss.detach() * len(labels)
             total_rows += len(labels)
+            watch.step(len(labels))
 
         train_loss = total_loss.item() / max(total_rows, 1)  # waits for the device: the epoch's end
         epoch_time = clock.wall_s()
@@ -108,6 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             epoch_time_s=epoch_time,
             extra={"parameters_on_worker": fsdp.local_parameters(model)} if sharded else {},
         )
+        watch.end_epoch(report)
         if not steps.end_epoch(cfg, report, history, save, clock):
             return  # asha_promotion paused the trial at this rung: the fit ends here
 

@@ -36,11 +36,15 @@ def build_trainer(
     callbacks: list[Any] = (),
     hold: dict[str, Any] | None = None,
     worker_env: dict[str, Any] | None = None,
+    run_name: str = "",
+    trial: str = "",
 ) -> Any:
     """Returns the trainer for one trial (TorchTrainer with DDP, or TensorflowTrainer with
     MultiWorkerMirroredStrategy): per-epoch checkpoints, bounded retries. `hold`: where the
     workers wait at the rungs (asha_promotion; `raylane.asha.hold_config`). `worker_env`: the
-    workers' runtime env (`raylane.builders.worker_runtime_env`: the model builder's code)."""
+    workers' runtime env (`raylane.builders.worker_runtime_env`: the model builder's code).
+    `run_name`, `trial`: the raylane run and Tune trial, which label the workers' Prometheus
+    metrics (default: `name`)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     if cfg.train.backend == "tensorflow":
@@ -54,7 +58,8 @@ def build_trainer(
 
     return Trainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, hyperparams, data, **(hold or {})).to_dict(),
+        train_loop_config=loop_config(cfg, hyperparams, data, run_name=run_name or name, trial=trial or name,
+                                      **(hold or {})).to_dict(),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
