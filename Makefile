@@ -64,6 +64,10 @@ bench-fsdp: venv  ## FSDP vs DDP, 2 workers, a 50M-parameter MLP: memory per wor
 bench-serve: venv  ## raylane vs `mlflow models serve` and a bare FastAPI app under wrk (needs wrk: apt-get install wrk)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.serve $(ARGS)
 
+.PHONY: bench-predict
+bench-predict: venv  ## `raylane predict` vs a single-process pyfunc loop, 5M rows: rows/s and peak memory (ARGS="--rows 1000000")
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.predict --threads-baseline $(ARGS)
+
 .PHONY: bench-scale
 bench-scale: venv  ## as root: MLflow calls per trial and the trials it takes, S3 checkpoint MB/s, object store per 1M rows (ARGS=--quick)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.scale $(ARGS)

@@ -5,6 +5,7 @@
     raylane promote  digits 7 [--force]
     raylane rollback digits
     raylane history  digits
+    raylane predict  --model digits@champion --input data/*.parquet --output scores/
 
 The library logs; this module prints. A raylane error ends a command with one line on stderr and a
 non-zero exit (2 for a bad config), with the traceback only under --verbose.
@@ -70,6 +71,42 @@ each `raylane serve` adds its config's model (model.name) or updates it; the oth
     RAY_ADDRESS=... raylane serve --remove wine
 """
 
+PREDICT_HELP = """Score files with a registered model: Ray Data actors, each loading the MLflow model once.
+
+    raylane predict --model digits@champion --input data/new.parquet --output scores/
+    raylane predict --model digits/3 --input 'data/day=*/*.csv' --input more/ --output scores/ \\
+        --probabilities --on-bad-rows drop --actors 4
+    raylane predict --model digits@champion --output 's3://bucket/scores?endpoint_override=host:9000' \\
+        --input 's3://bucket/new/?endpoint_override=host:9000' --gpus-per-actor 1
+
+or as a job on a cluster (inputs and output where every node reads them, e.g. S3):
+
+    ray job submit --working-dir . -- python -m pipelines.predict \\
+        --model digits@champion --input s3://bucket/new/ --output s3://bucket/scores/
+
+Inputs: Parquet or CSV (.csv, .csv.gz), each --input a file, a directory or a glob, local or a
+URI; one format per job. The model comes from the MLflow registry (--tracking-uri, else the
+config's tracking.tracking_uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); Ray is the
+cluster of --config's cluster.address or RAY_ADDRESS, else a local Ray with a CPU per core.
+
+Output: a Parquet file per input file, <output>/<name>-<hash>.parquet, with the id column (--id-column,
+default `id` when the files have one), `prediction`, and with --probabilities a
+`probability_<class>` column per class. Rows keep their file's order; without an id column, pass
+--id-column to join predictions back when rows are dropped.
+
+Rerun the same command after a failure or a kill: the files already scored are skipped (and
+listed), and a file that was being written is scored again; a file counts as scored only once its
+output is complete. A rerun with another model version or other output options into the same
+--output is refused.
+
+Bad rows (a value not of its column's kind, the wrong number of fields) are checked as training
+checks them: --on-bad-rows fail (default) stops naming file, line and column; drop skips and counts
+them, and prints the count and examples at the end.
+
+The terminal shows a progress bar (files, rows, rows/s); Ray's own output goes to a log file whose
+path is printed, or live with --verbose.
+"""
+
 PROMOTE_HELP = """Move a registry alias (default: champion), through the same gate as the pipeline.
 
     raylane promote digits 7            # refused unless v7's test metric beats the champion's
@@ -89,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     """The `raylane` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": run_command, "serve": serve_command, "promote": promote_command,
-                "rollback": rollback_command, "history": history_command}
+                "rollback": rollback_command, "history": history_command, "predict": predict_command}
     if not argv or argv[0] not in commands:
         asked = not argv or argv[0] in ("-h", "--help")
-        print("usage: raylane {run,serve,promote,rollback,history} [--help] [options]\n\n"
+        print("usage: raylane {run,serve,predict,promote,rollback,history} [--help] [options]\n\n"
               "  run       data -> train -> tune -> MLflow -> register -> serve the champion\n"
               "  serve     deploy the current champion from the registry, without training\n"
+              "  predict   score Parquet/CSV files with a registered model (batch, on Ray actors)\n"
               "  promote   NAME VERSION: move the champion alias, gated on its test metric\n"
               "  rollback  NAME: move the champion alias back to the previous champion\n"
               "  history   NAME: the champion alias's moves, as the versions record them",
@@ -176,6 +214,138 @@ def serve_command(argv: list[str] | None = None) -> int:
         return 0
 
     return run_main(serve, args.verbose)
+
+
+# -- raylane predict -------------------------------------------------------------------------------
+
+
+def predict_command(argv: list[str] | None = None) -> int:
+    """`raylane predict` / `python -m pipelines.predict`."""
+    parser = _parser("predict", PREDICT_HELP)
+    parser.add_argument("--model", "-m", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+                        help="registered model: digits@champion (an alias) or digits/3 (a version)")
+    parser.add_argument("--input", "-i", dest="inputs", action="append", required=True, metavar="PATH",
+                        help="Parquet or CSV: a file, a directory or a glob (quote it), local or a URI "
+                             "such as s3://bucket/dir/?endpoint_override=host:9000 (repeatable)")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+                        help="directory of the predictions, local or a URI: a Parquet file per input file")
+    parser.add_argument("--format", choices=("auto", "parquet", "csv"), default="auto",
+                        help="input format (default auto: .csv/.csv.gz are CSV, other files Parquet)")
+    parser.add_argument("--id-column", metavar="NAME",
+                        help="column copied to the output to join predictions back (default: id, when "
+                             "every file has one)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write each class's probability, probability_<class>")
+    parser.add_argument("--on-bad-rows", choices=("fail", "drop"), default="fail",
+                        help="fail (default): stop at a bad row, naming file, line and column; drop: skip "
+                             "bad rows, count them, print the count and examples at the end")
+    parser.add_argument("--actors", type=_positive(int), metavar="N",
+                        help="actors scoring in parallel, each with the model loaded once (default: one "
+                             "per CPU of the cluster, or per --gpus-per-actor GPUs; at most one per file)")
+    parser.add_argument("--batch-size", type=_positive(int), default=65_536, metavar="ROWS",
+                        help="rows per call of the model's predict (default 65536)")
+    parser.add_argument("--cpus-per-actor", type=_positive(float), default=1.0, metavar="N",
+                        help="CPUs each actor reserves (default 1)")
+    parser.add_argument("--gpus-per-actor", type=_positive(float, zero=True), default=0.0, metavar="N",
+                        help="GPUs each actor reserves, e.g. 1 or 0.5 (default 0: CPU)")
+    parser.add_argument("--config", "-c", help="YAML recipe for the cluster and tracking settings "
+                        "(cluster.address, tracking.tracking_uri); unset: the built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override one config field, e.g. --set cluster.address=auto (repeatable)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, else "
+                        "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show Ray's and the actors' output live, and tracebacks on errors")
+    args = parser.parse_args(argv)
+
+    def score() -> int:
+        from raylane import predict
+
+        cfg = predict.config_from_flags(
+            model=args.model, inputs=args.inputs, output=args.output, format=args.format,
+            id_column=args.id_column, probabilities=args.probabilities, on_bad_rows=args.on_bad_rows,
+            actors=args.actors, batch_size=args.batch_size, cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor)
+        bar = _ProgressBar()
+        try:
+            result = predict.run(cfg, config_from_args(args), quiet=not args.verbose, on_progress=bar.show)
+        finally:
+            bar.close()
+        _print_prediction(result)
+        return 0
+
+    return run_main(score, args.verbose)
+
+
+def _positive(kind: type, zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < 0 or (value == 0 and not zero):
+            least = "0 or more" if zero else "at least 1" if kind is int else "above 0"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {least}")
+        return value
+
+    return parse
+
+
+class _ProgressBar:
+    """One line redrawn in place on a terminal (files, rows, rows/s); elsewhere a line every 10 s."""
+
+    WIDTH = 24
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.drawn = False
+        self.last = 0.0
+
+    def show(self, p: object) -> None:
+        import time
+
+        rate = p.rows_done / p.seconds if p.seconds > 0 else 0.0
+        share = (p.rows_done / p.rows_total if p.rows_total else
+                 p.files_done / p.files_total if p.files_total else 1.0)
+        bad = f", {p.bad_rows:,} bad" if p.bad_rows else ""
+        text = (f"{p.files_done}/{p.files_total} files, {p.rows_done:,}"
+                f"{f'/{p.rows_total:,}' if p.rows_total else ''} rows{bad}, {rate:,.0f} rows/s, "
+                f"{p.seconds:.0f} s")
+        if self.tty:
+            filled = int(self.WIDTH * min(max(share, 0.0), 1.0))
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            print(f"\r[raylane] |{bar}| {text}\033[K", end="", flush=True)
+            self.drawn = True
+        elif time.monotonic() - self.last >= 10 or p.files_done == p.files_total:
+            self.last = time.monotonic()
+            print(f"[raylane]   {text}", flush=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            print(flush=True)
+            self.drawn = False
+
+
+def _print_prediction(result: object) -> None:
+    name = f"{result.model.name} v{result.model.version}"
+    if result.skipped:
+        more = len(result.skipped) - 5
+        shown = ", ".join(result.skipped[:5]) + (f" and {more} more" if more > 0 else "")
+        print(f"skipped {len(result.skipped)} file{'s' * (len(result.skipped) > 1)} already scored: {shown}")
+    if result.scored:
+        rate = result.rows / result.seconds if result.seconds else 0.0
+        print(f"scored {result.rows:,} rows from {len(result.scored)} file{'s' * (len(result.scored) > 1)} "
+              f"with {name} in {result.seconds:.1f} s ({rate:,.0f} rows/s, {result.actors} actors) "
+              f"-> {result.output}")
+    elif not result.skipped:
+        print("nothing to score")
+    else:
+        print(f"nothing left to score; predictions of {name} are in {result.output}")
+    if result.bad_rows:
+        print(f"dropped {result.bad_rows:,} bad row{'s' * (result.bad_rows > 1)} (--on-bad-rows drop), e.g.:")
+        for line in result.bad_sample[:5]:
+            print(f"  {line}")
 
 
 # -- raylane promote / rollback --------------------------------------------------------------------

@@ -39,6 +39,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
 RAW_PREFIX = "raw:"  # the test split keeps each raw feature column under this prefix
 _LABEL, _SPLIT, _HASH, _ERROR = "__label", "__split", "__hash", "__error"
+ERROR = _ERROR  # a typed row's problem ('file line N: column ...: what is wrong'); None when good
 ROW = "__row"  # the row's place in the data: file index << 40 | row in the file (streamed blocks' names)
 BAD_SAMPLE_SIZE = 20
 
@@ -50,9 +51,10 @@ IMAGES_PER_CHUNK = 64  # rows of a table with images, or image files, a task hol
 class ReadFile:
     """Reads one file into typed rows: each feature coerced to its kind, the label kept, and
     `__error` set on a bad row ('file line N: column ...: what is wrong'). Format 'images': a
-    batch of image files, each a row of its class (`label` of the batch) ('file: what is wrong')."""
+    batch of image files, each a row of its class (`label` of the batch) ('file: what is wrong').
+    `label` None: rows without a label, as batch scoring reads them (`raylane.predict`)."""
 
-    def __init__(self, fs: pafs.FileSystem, fmt: str, kinds: dict[str, str], label: str,
+    def __init__(self, fs: pafs.FileSystem, fmt: str, kinds: dict[str, str], label: str | None,
                  id_column: str | None, task: str, image_shape: tuple[int, int, int] | None = None) -> None:
         self.fs, self.fmt, self.kinds, self.label, self.id_column = fs, fmt, kinds, label, id_column
         self.task, self.image_shape = task, image_shape
@@ -119,7 +121,8 @@ class ReadFile:
         """The file's typed rows: a Parquet file in chunks of about `_CHUNK_VALUES` values, so that
         a task's memory does not grow with the file; a CSV file whole (its line numbers need it)."""
         local = path.split("://", 1)[-1]
-        columns = [self.label, *([self.id_column] if self.id_column else []), *self.kinds]
+        columns = [*([self.label] if self.label else []), *([self.id_column] if self.id_column else []),
+                   *self.kinds]
         if self.fmt == "parquet":
             first = 1
             with self.fs.open_input_file(local) as f:
@@ -151,10 +154,14 @@ class ReadFile:
                 errors[i] = f"{path} {where} {lines[i]}: column {name!r}: {problem}"
             out[name] = typed.to_numpy(dtype=object if kind == "categorical" else np.float64,
                                        na_value=None if kind == "categorical" else np.nan)
-        out[_LABEL] = self._labels(frame[self.label], errors,
-                                   lambda i: f"{path} {where} {lines[i]}: column {self.label!r}")
+        if self.label is not None:
+            out[_LABEL] = self._labels(frame[self.label], errors,
+                                       lambda i: f"{path} {where} {lines[i]}: column {self.label!r}")
         if self.id_column:  # as text, the same whatever the file's type for it: 12, 12.0, '12'
-            out[self.id_column] = np.array([text_or_none(v) for v in frame[self.id_column]], dtype=object)
+            ids = frame[self.id_column]
+            out[self.id_column] = (ids.astype(str).to_numpy(dtype=object)  # no None, one call
+                                   if pd.api.types.is_integer_dtype(ids.dtype) else
+                                   np.array([text_or_none(v) for v in ids], dtype=object))
         out[_ERROR] = errors
         if broken:  # rows the CSV parser could not split into the header's fields: all missing
             for name, values in out.items():

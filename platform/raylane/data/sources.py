@@ -82,28 +82,29 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), posixpath.abspath(path)
 
 
-def list_files(source: str, fmt: str) -> list[str]:
-    """Returns the data files a path, directory or glob names; DataError when there are none."""
+def list_files(source: str, fmt: str, field: str = "data.source") -> list[str]:
+    """Returns the data files a path, directory or glob names; DataError, naming `field` (where
+    the source was given), when there are none."""
     fs, path = filesystem(source)
     scheme = source.split("://")[0] + "://" if "://" in source else ""
     if any(ch in path for ch in "*?["):
         base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0] or "/"
-        infos = _safe_listing(fs, base, source)
+        infos = _safe_listing(fs, base, source, field=field)
         found = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise DataError(f"data.source: file or directory {source!r} not found")
+            raise DataError(f"{field}: file or directory {source!r} not found")
         if info.type == pafs.FileType.File:
             return [scheme + path]
         found = [
-            i.path for i in _safe_listing(fs, path, source)
+            i.path for i in _safe_listing(fs, path, source, field=field)
             if i.is_file and not posixpath.basename(i.path).startswith(("_", "."))
             and (fmt != "csv" or i.path.endswith((".csv", ".csv.gz")))
         ]
     if not found:
         kind = "data" if fmt == "auto" else fmt
-        raise DataError(f"data.source: no {kind} files match {source!r}")
+        raise DataError(f"{field}: no {kind} files match {source!r}")
     return [scheme + p for p in sorted(found)]
 
 
@@ -161,11 +162,12 @@ def _hidden(path: str) -> bool:
     return posixpath.basename(path).startswith(("_", "."))
 
 
-def _safe_listing(fs: pafs.FileSystem, base: str, source: str, recursive: bool = True) -> list[pafs.FileInfo]:
+def _safe_listing(fs: pafs.FileSystem, base: str, source: str, recursive: bool = True,
+                  field: str = "data.source") -> list[pafs.FileInfo]:
     try:
         return fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
     except (FileNotFoundError, OSError) as err:
-        raise DataError(f"data.source: cannot list {source!r}: {err}") from err
+        raise DataError(f"{field}: cannot list {source!r}: {err}") from err
 
 
 def file_schema(fs: pafs.FileSystem, path: str, fmt: str, cfg: DataConfig) -> pa.Schema:
