@@ -112,7 +112,8 @@ def endpoint(ray_local, serve_port, tmp_path_factory):
     # What log_best_model reads of the prepared data: the test split's raw images and labels.
     data = SimpleNamespace(
         test=ray.data.from_pandas(pd.DataFrame({"raw:image": pngs[test], "label": labels[test]})),
-        task="classification", preprocessor=preprocessor, classes=list(range(10)), target={})
+        task="classification", preprocessor=preprocessor, classes=list(range(10)), target={},
+        num_rows={"test": len(labels[test])})
     with mlflow.start_run(run_name="images"):
         logged = tracking.log_best_model(checkpoint, data, {"hidden_size": 32}, 0.0, "torch")
         promotion = registry.register_if_better(ModelConfig(name=NAME), logged)
