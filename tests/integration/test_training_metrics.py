@@ -23,9 +23,10 @@ PREFIX = "ray_raylane_train_"
 RUN = "watched"
 EPOCHS = 45
 # One trial of 2 DDP workers streaming their shards through Ray Data. Small batches make many
-# steps (and all-reduces); 45 epochs of about 0.35 s here keep the workers training for more
-# than Ray's metrics export interval (10 s) twice over (a worker's values reach the agent on its
-# next export), so the scrapes below see them while they train.
+# steps (and all-reduces); 45 epochs of about 0.35 s here keep the workers training for several
+# of the session's metrics export intervals (2 s, set by conftest's ray_local; Ray's default is
+# 10 s: a worker's values reach the agent on its next export), so the scrapes below see them while
+# they train, on a faster machine too.
 SEARCH = ["tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.search_alg=random",
           "tune.scheduler=fifo", "tune.search_space={lr: {choice: [0.01]}}",
           "train.num_workers=2", "train.ingest=stream", "train.batch_size=16", f"train.epochs={EPOCHS}"]
@@ -175,8 +176,9 @@ def test_tensorflow_workers_export_their_training_metrics_while_they_train(prepa
     pytest.importorskip("tensorflow", reason="the [tf] extra is part of the dev install")
     from raylane.train.trainer import build_trainer
 
-    # 16 epochs: about 12 s of training here, longer than Ray's export interval (the fit takes
-    # about 50 s, most of it the TensorFlow workers starting).
+    # 16 epochs: about 12 s of training here, several of the session's 2 s export intervals (the
+    # fit takes about 50 s, most of it the TensorFlow workers starting). With Ray's default 10 s a
+    # faster machine trained them between two exports, and only the epoch gauge was ever seen.
     cfg = load_config(None, ["train.backend=tensorflow", "train.num_workers=2", "train.batch_size=16",
                              "train.epochs=16"])
     started = time.monotonic()
