@@ -487,14 +487,20 @@ def fit_actors(cfg: PredictConfig, files: int, resources: dict[str, float]) -> i
     """check_actors on the given cluster resources."""
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     asked = f"--actors {cfg.actors} x " if cfg.actors else ""
-    if cfg.gpus_per_actor and gpus < cfg.gpus_per_actor * (cfg.actors or 1):
+    if cfg.gpus_per_actor and _how_many(gpus, cfg.gpus_per_actor) < (cfg.actors or 1):
         raise ConfigError(f"{asked}--gpus-per-actor {cfg.gpus_per_actor:g}: the cluster has {gpus:g} GPUs")
-    if cpus < cfg.cpus_per_actor * (cfg.actors or 1):
+    if _how_many(cpus, cfg.cpus_per_actor) < (cfg.actors or 1):
         raise ConfigError(f"{asked}--cpus-per-actor {cfg.cpus_per_actor:g}: the cluster has {cpus:g} CPUs")
     if cfg.actors:
         return cfg.actors
-    fit = int(gpus // cfg.gpus_per_actor) if cfg.gpus_per_actor else int(cpus // cfg.cpus_per_actor)
+    fit = _how_many(gpus, cfg.gpus_per_actor) if cfg.gpus_per_actor else _how_many(cpus, cfg.cpus_per_actor)
     return max(1, min(fit, files))
+
+
+def _how_many(have: float, each: float) -> int:
+    """How many shares of `each` fit in `have`, as Ray counts them (to 1/10000 of a unit), not
+    as floats do: 1.0 // 0.1 is 9.0."""
+    return round(have * 10_000) // round(each * 10_000)
 
 
 def _prepare_output(plan: Plan) -> None:

@@ -220,3 +220,12 @@ def test_bad_flags_exit_2_naming_the_flag(registry, tmp_path, capsys) -> None:
             cli.main([*base, "--model", "digits@champion", flag, value])
         assert exited.value.code == 2
         assert flag in capsys.readouterr().err
+
+
+def test_ray_workers_report_the_gpus_ray_gave_them_and_other_processes_none(ray_local) -> None:
+    """What the pyfunc model's device choice reads: [] in a worker given no GPU (which then keeps
+    its model on the CPU even where CUDA is visible), None in the driver (a notebook's loop)."""
+    from raylane.model import pyfunc
+
+    assert pyfunc._ray_gpu_ids() is None
+    assert ray_local.get(ray_local.remote(num_cpus=0)(pyfunc._ray_gpu_ids).remote()) == []

@@ -110,6 +110,13 @@ def test_every_wrapped_symbol_exists(module: str, attribute: str) -> None:
     find(module, attribute)
 
 
+def test_a_worker_is_told_from_a_driver_by_the_global_workers_mode() -> None:
+    worker = find(compat.DRIVER, "global_worker")
+    assert hasattr(worker, "mode") and hasattr(ray, "WORKER_MODE"), moved(
+        f"{compat.DRIVER}.global_worker", ".mode")
+    assert compat.is_ray_worker() is False  # this pytest process has started no Ray
+
+
 def test_nothing_outside_compat_reaches_into_ray_private_apis() -> None:
     private = re.compile(r"\bray\.(\w+\.)*_(private|internal)\b|internal_kv|_set_trial_status")
     offenders = [f"{path.relative_to(PLATFORM)}:{number}: {line.strip()}"

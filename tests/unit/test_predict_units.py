@@ -51,6 +51,24 @@ def test_actors_are_checked_against_the_clusters_resources() -> None:
     assert predict.fit_actors(_cfg(), 10, {"CPU": 5.0}) == 5
     assert predict.fit_actors(_cfg(), 3, {"CPU": 5.0}) == 3
     assert predict.fit_actors(_cfg(gpus_per_actor=0.5), 10, {"CPU": 8.0, "GPU": 2.0}) == 4
+    # Shares are counted as Ray counts them, not as floats (1.0 // 0.1 == 9.0, 0.1 * 10 > 1.0):
+    # ten actors of a tenth of a GPU share one GPU.
+    one_gpu = {"CPU": 16.0, "GPU": 1.0}
+    assert predict.fit_actors(_cfg(gpus_per_actor=0.1), 10, one_gpu) == 10
+    assert predict.fit_actors(_cfg(actors=10, gpus_per_actor=0.1), 10, one_gpu) == 10
+    assert predict.fit_actors(_cfg(gpus_per_actor=0.3), 10, one_gpu) == 3
+    with pytest.raises(ConfigError, match=r"--actors 11 x --gpus-per-actor 0.1: the cluster has 1 GPUs"):
+        predict.fit_actors(_cfg(actors=11, gpus_per_actor=0.1), 10, one_gpu)
+    assert predict.fit_actors(_cfg(cpus_per_actor=0.1), 40, {"CPU": 3.0}) == 30
+
+
+def test_a_torch_model_takes_the_gpu_only_where_it_was_given_one() -> None:
+    from raylane.model.pyfunc import torch_device
+
+    assert torch_device(False, None) == "cpu" and torch_device(False, [0]) == "cpu"
+    assert torch_device(True, None) == "cuda"  # not a Ray worker: a user's loop, mlflow models serve
+    assert torch_device(True, [0]) == "cuda"  # a Ray worker given a GPU
+    assert torch_device(True, []) == "cpu"  # a Ray worker given none: Ray 2.60 no longer hides the GPUs
 
 
 def test_a_ray_wrapped_actor_error_becomes_the_plain_raylane_error_with_its_message() -> None:

@@ -30,6 +30,7 @@ SYMBOLS = (
     (CONTROLLER_CALLBACK, "ControllerCallback"),
     (TUNE_CONTROLLER, "TuneController._set_trial_status"),
     (DRIVER, "print_to_stdstream"),
+    (DRIVER, "global_worker"),
 )
 
 
@@ -164,3 +165,20 @@ def send_cluster_messages_to(log: logging.Logger) -> None:
 
     to_log.raylane_log = log
     worker.print_to_stdstream = to_log
+
+
+# -- which kind of process this is ----------------------------------------------------------------
+
+def is_ray_worker() -> bool:
+    """True in a process Ray started to run tasks and actors (Serve replicas, Train workers, Ray
+    Data actors); False in a driver (a script or notebook that called ray.init) and in a process
+    without Ray. Ray publishes no way to tell a driver from a worker; its own code reads the
+    global worker's mode, as this does."""
+    import sys
+
+    ray = sys.modules.get("ray")  # a process that never imported Ray is no Ray worker
+    if ray is None or not ray.is_initialized():
+        return False
+    from ray._private import worker
+
+    return worker.global_worker.mode == ray.WORKER_MODE

@@ -122,9 +122,7 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
     network, spec, _ = load_torch_model(directory)
-    # On a GPU where the process was given one (a Serve replica with `serve.replica_gpus`, a
-    # batch-scoring actor); else on the CPU.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(torch_device(torch.cuda.is_available(), _ray_gpu_ids()))
     network = network.to(device)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
@@ -134,6 +132,31 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
             return (outputs if raw else torch.softmax(outputs, dim=1)).cpu().numpy()
 
     return probabilities
+
+
+def torch_device(cuda_available: bool, ray_gpu_ids: list[Any] | None) -> str:
+    """Where a loaded torch model runs: "cuda" where CUDA is there and the process may use it,
+    else "cpu". A Ray worker (`ray_gpu_ids` not None) may use it only when Ray gave it a GPU (a
+    Serve replica with `serve.replica_gpus`, a `raylane predict --gpus-per-actor` actor): Ray
+    2.60 no longer hides the GPUs from workers given none, so without this every CPU replica and
+    actor on a GPU machine put its model on the GPU uninvited, each with a CUDA context of its own.
+    Any other process (a user's loop, `mlflow models serve`, a notebook's driver) uses the GPU
+    when there is one."""
+    if not cuda_available:
+        return "cpu"
+    return "cuda" if ray_gpu_ids is None or ray_gpu_ids else "cpu"
+
+
+def _ray_gpu_ids() -> list[Any] | None:
+    """The GPUs Ray gave this process when it is a Ray worker (task, actor, replica); None in
+    any other process."""
+    from raylane._compat.ray import is_ray_worker
+
+    if not is_ray_worker():
+        return None
+    import ray
+
+    return list(ray.get_gpu_ids())
 
 
 def _load_tensorflow(directory: str, raw: bool = False) -> Any:
