@@ -43,7 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raylane import env, progress, storage
 from raylane.config import PipelineConfig
@@ -58,6 +58,8 @@ TEMP_DIR = "_tmp"
 PREDICTION = "prediction"
 PROBABILITY_PREFIX = "probability_"
 DEFAULT_ID_COLUMN = "id"
+RESOURCE_UNIT = 0.0001
+"""Ray counts CPUs and GPUs to 1/10000 of a unit, and refuses finer shares."""
 CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
@@ -92,10 +94,17 @@ class PredictConfig(BaseModel):
     (per `gpus_per_actor` GPUs), at most one per file."""
     batch_size: int = Field(default=65_536, ge=1)
     """Rows per call of the model's predict."""
-    cpus_per_actor: float = Field(default=1.0, gt=0)
+    cpus_per_actor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     """CPUs each actor reserves."""
-    gpus_per_actor: float = Field(default=0.0, ge=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """GPUs each actor reserves (0: CPU); the model runs on the GPU it is given."""
+
+    @field_validator("cpus_per_actor", "gpus_per_actor")
+    @classmethod
+    def _a_share_ray_can_count(cls, value: float) -> float:
+        if 0 < value < RESOURCE_UNIT:
+            raise ValueError(f"{value:g} is below the smallest share Ray counts ({RESOURCE_UNIT:g})")
+        return value
 
 
 @dataclass(frozen=True)
@@ -493,14 +502,16 @@ def fit_actors(cfg: PredictConfig, files: int, resources: dict[str, float]) -> i
         raise ConfigError(f"{asked}--cpus-per-actor {cfg.cpus_per_actor:g}: the cluster has {cpus:g} CPUs")
     if cfg.actors:
         return cfg.actors
-    fit = _how_many(gpus, cfg.gpus_per_actor) if cfg.gpus_per_actor else _how_many(cpus, cfg.cpus_per_actor)
+    fit = _how_many(cpus, cfg.cpus_per_actor)  # a GPU actor takes its CPUs too
+    if cfg.gpus_per_actor:
+        fit = min(fit, _how_many(gpus, cfg.gpus_per_actor))
     return max(1, min(fit, files))
 
 
 def _how_many(have: float, each: float) -> int:
     """How many shares of `each` fit in `have`, as Ray counts them (to 1/10000 of a unit), not
     as floats do: 1.0 // 0.1 is 9.0."""
-    return round(have * 10_000) // round(each * 10_000)
+    return round(have / RESOURCE_UNIT) // max(1, round(each / RESOURCE_UNIT))
 
 
 def _prepare_output(plan: Plan) -> None:

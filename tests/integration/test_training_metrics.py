@@ -44,8 +44,8 @@ def prepared(ray_local, tmp_path_factory):
 
 class Scraper:
     """Scrapes the node's metrics agent every `every_s` seconds in a thread, keeping the latest
-    value of each raylane training series of `run` seen so far (a gauge leaves the agent about
-    20 s after its worker ends: what was seen, was seen while the run trained)."""
+    value of each raylane training series of `run` seen so far (a gauge leaves the agent about two
+    export intervals after its worker ends: what was seen, was seen while the run trained)."""
 
     def __init__(self, address: str, run: str, every_s: float = 2.0) -> None:
         self.address, self.run, self.every_s = address, run, every_s

@@ -114,7 +114,7 @@ def test_a_worker_is_told_from_a_driver_by_the_global_workers_mode() -> None:
     worker = find(compat.DRIVER, "global_worker")
     assert hasattr(worker, "mode") and hasattr(ray, "WORKER_MODE"), moved(
         f"{compat.DRIVER}.global_worker", ".mode")
-    assert compat.is_ray_worker() is False  # this pytest process has started no Ray
+    assert compat.is_ray_worker() is False  # pytest is a driver (or has no Ray at all)
 
 
 def test_nothing_outside_compat_reaches_into_ray_private_apis() -> None:

@@ -60,6 +60,20 @@ def test_actors_are_checked_against_the_clusters_resources() -> None:
     with pytest.raises(ConfigError, match=r"--actors 11 x --gpus-per-actor 0.1: the cluster has 1 GPUs"):
         predict.fit_actors(_cfg(actors=11, gpus_per_actor=0.1), 10, one_gpu)
     assert predict.fit_actors(_cfg(cpus_per_actor=0.1), 40, {"CPU": 3.0}) == 30
+    # A GPU actor takes its CPUs too: the default count is what both allow.
+    assert predict.fit_actors(_cfg(gpus_per_actor=0.01), 40, one_gpu) == 16
+
+
+JOB = {"model": "digits@champion", "inputs": ["x"], "output": "out"}
+
+
+def test_shares_ray_cannot_count_are_refused_naming_the_flag() -> None:
+    for flag, field in (("--cpus-per-actor", "cpus_per_actor"), ("--gpus-per-actor", "gpus_per_actor")):
+        with pytest.raises(ConfigError, match=rf"^{flag}: .*below the smallest share Ray counts \(0.0001\)"):
+            predict.config_from_flags(**JOB, **{field: 0.00005})
+        with pytest.raises(ConfigError, match=rf"^{flag}: .*finite"):
+            predict.config_from_flags(**JOB, **{field: float("inf")})
+    assert _cfg(cpus_per_actor=0.0001, gpus_per_actor=0.0001).gpus_per_actor == 0.0001
 
 
 def test_a_torch_model_takes_the_gpu_only_where_it_was_given_one() -> None:

@@ -10,6 +10,7 @@ columns, by name, that the data came with.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ from raylane.drift import REFERENCE_FILE
 from raylane.model.checkpoint import check_format, load_keras_model, load_torch_model
 from raylane.model.network import prefer_code_from
 from raylane.preprocess import Column, Preprocessor
+
+log = logging.getLogger(__name__)
 
 PREPROCESS_FILE = "preprocess.json"
 FORMAT_VERSION = 2
@@ -122,7 +125,8 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
     network, spec, _ = load_torch_model(directory)
-    device = torch.device(torch_device(torch.cuda.is_available(), _ray_gpu_ids()))
+    given = _ray_gpu_ids()  # before CUDA is asked: a worker given no GPU never initialises it
+    device = torch.device(torch_device(given != [] and torch.cuda.is_available(), given))
     network = network.to(device)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
@@ -141,7 +145,8 @@ def torch_device(cuda_available: bool, ray_gpu_ids: list[Any] | None) -> str:
     2.60 no longer hides the GPUs from workers given none, so without this every CPU replica and
     actor on a GPU machine put its model on the GPU uninvited, each with a CUDA context of its own.
     Any other process (a user's loop, `mlflow models serve`, a notebook's driver) uses the GPU
-    when there is one."""
+    when there is one. "cuda" is the first GPU the process sees: Ray sets CUDA_VISIBLE_DEVICES to
+    the ones it gave (unless RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES is set)."""
     if not cuda_available:
         return "cpu"
     return "cuda" if ray_gpu_ids is None or ray_gpu_ids else "cpu"
@@ -162,6 +167,12 @@ def _ray_gpu_ids() -> list[Any] | None:
 def _load_tensorflow(directory: str, raw: bool = False) -> Any:
     import tensorflow as tf
 
+    if _ray_gpu_ids() == []:  # a Ray worker given no GPU: as for torch, and TensorFlow would
+        # also reserve nearly all of each GPU's memory in every such process
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError as err:  # TensorFlow had already started its devices in this process
+            log.warning("TensorFlow already uses the GPUs in this process: %s", err)
     network, spec, _ = load_keras_model(directory)
     forward = tf.function(lambda x: network(x, training=False) if raw else
                           tf.nn.softmax(network(x, training=False), axis=1), reduce_retracing=True)
