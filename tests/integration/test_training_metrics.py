@@ -21,12 +21,11 @@ from raylane.serving import deploy
 DASHBOARD = Path(__file__).resolve().parents[2] / "serve_apps" / "grafana" / "raylane-training.json"
 PREFIX = "ray_raylane_train_"
 RUN = "watched"
-EPOCHS = 45
+EPOCHS = 60
 # One trial of 2 DDP workers streaming their shards through Ray Data. Small batches make many
-# steps (and all-reduces); 45 epochs of about 0.35 s here keep the workers training for several
-# of the session's metrics export intervals (2 s, set by conftest's ray_local; Ray's default is
-# 10 s: a worker's values reach the agent on its next export), so the scrapes below see them while
-# they train, on a faster machine too.
+# steps (and all-reduces); 60 epochs of 0.2-0.35 s here keep the workers training for 12-20 s,
+# longer than Ray's metrics export interval (10 s: a worker's values reach the agent on its next
+# export), so at least one export falls while they train and the scrapes below see it.
 SEARCH = ["tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.search_alg=random",
           "tune.scheduler=fifo", "tune.search_space={lr: {choice: [0.01]}}",
           "train.num_workers=2", "train.ingest=stream", "train.batch_size=16", f"train.epochs={EPOCHS}"]
@@ -44,8 +43,8 @@ def prepared(ray_local, tmp_path_factory):
 
 class Scraper:
     """Scrapes the node's metrics agent every `every_s` seconds in a thread, keeping the latest
-    value of each raylane training series of `run` seen so far (a gauge leaves the agent about two
-    export intervals after its worker ends: what was seen, was seen while the run trained)."""
+    value of each raylane training series of `run` seen so far (a gauge leaves the agent about
+    20 s after its worker ends: what was seen, was seen while the run trained)."""
 
     def __init__(self, address: str, run: str, every_s: float = 2.0) -> None:
         self.address, self.run, self.every_s = address, run, every_s
@@ -176,11 +175,12 @@ def test_tensorflow_workers_export_their_training_metrics_while_they_train(prepa
     pytest.importorskip("tensorflow", reason="the [tf] extra is part of the dev install")
     from raylane.train.trainer import build_trainer
 
-    # 16 epochs: about 12 s of training here, several of the session's 2 s export intervals (the
-    # fit takes about 50 s, most of it the TensorFlow workers starting). With Ray's default 10 s a
-    # faster machine trained them between two exports, and only the epoch gauge was ever seen.
+    # 60 epochs of about 0.3 s: longer than Ray's 10 s export interval, so at least one export
+    # falls while they train (the fit also takes about 35 s for the workers to start). 16 epochs,
+    # about 7 s, once trained between two exports on CI: only the epoch gauge, set before
+    # training, was ever seen.
     cfg = load_config(None, ["train.backend=tensorflow", "train.num_workers=2", "train.batch_size=16",
-                             "train.epochs=16"])
+                             "train.epochs=60"])
     started = time.monotonic()
     with Scraper(deploy.metrics_address(), "tf-watched") as scraper:
         trainer = build_trainer(cfg, {"lr": 0.01}, prepared, name="tf-watched", storage_path=str(tmp_path))
