@@ -174,8 +174,9 @@ def metrics_address() -> str | None:
 
     here = ray.util.get_node_ip_address()
     for node in ray.nodes():
-        if node.get("Alive") and node.get("NodeManagerAddress") == here and node.get("MetricsExportPort"):
-            return f"http://{here}:{node['MetricsExportPort']}/metrics"
+        port = node.get("MetricsExportPort") or 0  # -1: a Ray without its metrics agent (no ray[default])
+        if node.get("Alive") and node.get("NodeManagerAddress") == here and port > 0:
+            return f"http://{here}:{port}/metrics"
     return None
 
 
