@@ -47,15 +47,14 @@ def free_port() -> int:
 def ray_local():
     """A local Ray with room for 2 trials x 2 workers, Ray Data and Serve (logical CPUs)."""
     import ray
-
-    # The dashboard serves the State API: Train V2 needs it to free the placement groups of
-    # stopped trials, and the fault tests use it to find worker processes.
     from raylane import env
 
     # The Train settings a raylane run sets (Train's controller polling its workers every 0.25 s),
     # in this process's environment before Ray starts, so every worker has them whichever test
     # comes first: a fit's pace is then the same alone and in the whole suite.
     env.apply(env.TRAIN)
+    # The dashboard serves the State API: Train V2 needs it to free the placement groups of
+    # stopped trials, and the fault tests use it to find worker processes.
     ray.init(address="local", num_cpus=8, include_dashboard=True, dashboard_host="127.0.0.1",
              logging_level="warning")
     yield ray

@@ -511,7 +511,7 @@ def fit_actors(cfg: PredictConfig, files: int, resources: dict[str, float]) -> i
 def _how_many(have: float, each: float) -> int:
     """How many shares of `each` fit in `have`, as Ray counts them (to 1/10000 of a unit), not
     as floats do: 1.0 // 0.1 is 9.0."""
-    return round(have / RESOURCE_UNIT) // max(1, round(each / RESOURCE_UNIT))
+    return round(have / RESOURCE_UNIT) // round(each / RESOURCE_UNIT)  # each: PredictConfig's >= 1 unit
 
 
 def _prepare_output(plan: Plan) -> None:

@@ -79,10 +79,19 @@ def test_shares_ray_cannot_count_are_refused_naming_the_flag() -> None:
 def test_a_torch_model_takes_the_gpu_only_where_it_was_given_one() -> None:
     from raylane.model.pyfunc import torch_device
 
-    assert torch_device(False, None) == "cpu" and torch_device(False, [0]) == "cpu"
-    assert torch_device(True, None) == "cuda"  # not a Ray worker: a user's loop, mlflow models serve
-    assert torch_device(True, [0]) == "cuda"  # a Ray worker given a GPU
-    assert torch_device(True, []) == "cpu"  # a Ray worker given none: Ray 2.60 no longer hides the GPUs
+    def no_cuda() -> bool:
+        return False
+
+    def cuda() -> bool:
+        return True
+
+    def never_asked() -> bool:
+        raise AssertionError("CUDA was asked in a worker given no GPU")
+
+    assert torch_device(None, no_cuda) == "cpu" and torch_device([0], no_cuda) == "cpu"
+    assert torch_device(None, cuda) == "cuda"  # not a Ray worker: a user's loop, mlflow models serve
+    assert torch_device([0], cuda) == "cuda"  # a Ray worker given a GPU
+    assert torch_device([], never_asked) == "cpu"  # a worker given none: Ray 2.60 no longer hides GPUs
 
 
 def test_a_ray_wrapped_actor_error_becomes_the_plain_raylane_error_with_its_message() -> None:

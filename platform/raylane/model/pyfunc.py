@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import mlflow.pyfunc
@@ -125,8 +126,7 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
 
     torch.set_num_threads(1)  # requests are small; threads only contend with the server
     network, spec, _ = load_torch_model(directory)
-    given = _ray_gpu_ids()  # before CUDA is asked: a worker given no GPU never initialises it
-    device = torch.device(torch_device(given != [] and torch.cuda.is_available(), given))
+    device = torch.device(torch_device(_ray_gpu_ids(), torch.cuda.is_available))
     network = network.to(device)
 
     def probabilities(scaled: np.ndarray) -> np.ndarray:
@@ -138,18 +138,19 @@ def _load_torch(directory: str, raw: bool = False) -> Any:
     return probabilities
 
 
-def torch_device(cuda_available: bool, ray_gpu_ids: list[Any] | None) -> str:
+def torch_device(ray_gpu_ids: list[Any] | None, cuda_available: Callable[[], bool]) -> str:
     """Where a loaded torch model runs: "cuda" where CUDA is there and the process may use it,
-    else "cpu". A Ray worker (`ray_gpu_ids` not None) may use it only when Ray gave it a GPU (a
+    else "cpu" (CUDA is not asked, so not initialised, where it may not be used). A Ray worker
+    (`ray_gpu_ids` not None) may use it only when Ray gave it a GPU (a
     Serve replica with `serve.replica_gpus`, a `raylane predict --gpus-per-actor` actor): Ray
     2.60 no longer hides the GPUs from workers given none, so without this every CPU replica and
     actor on a GPU machine put its model on the GPU uninvited, each with a CUDA context of its own.
     Any other process (a user's loop, `mlflow models serve`, a notebook's driver) uses the GPU
     when there is one. "cuda" is the first GPU the process sees: Ray sets CUDA_VISIBLE_DEVICES to
     the ones it gave (unless RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES is set)."""
-    if not cuda_available:
+    if ray_gpu_ids == []:
         return "cpu"
-    return "cuda" if ray_gpu_ids is None or ray_gpu_ids else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 def _ray_gpu_ids() -> list[Any] | None:
